@@ -1,0 +1,28 @@
+"""The ``celery-exporter`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from . import config as config_module
+from . import log
+from .redact import url_secrets
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the exporter; exit 2 on bad configuration."""
+    cfg = config_module.load(sys.argv[1:] if argv is None else argv, os.environ)
+    log.configure(cfg.log_level, cfg.log_format, secrets=url_secrets(cfg.broker_url))
+    from .daemon import Daemon
+
+    try:
+        daemon = Daemon(cfg)
+    except OSError as exc:
+        log.get_logger(__name__).error(
+            "cannot_listen", host=cfg.host, port=cfg.port, error=str(exc),
+            hint="choose a free port with --port or CELERY_EXPORTER_PORT",
+        )
+        return 2
+    return daemon.run()

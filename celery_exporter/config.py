@@ -1,0 +1,342 @@
+"""Command-line flags and environment variables, validated into one :class:`Config`.
+
+Every option is a flag and also an environment variable, ``CELERY_EXPORTER_`` followed by the
+flag's name in capitals with dashes as underscores (``--max-task-names`` is
+``CELERY_EXPORTER_MAX_TASK_NAMES``); the broker URL is also read from ``CELERY_BROKER_URL``.
+A flag wins over its variable. Repeatable flags take one ``key=value`` each; their variable holds
+several separated by white space. Durations are seconds, or a number with ``ms``, ``s``, ``m``
+or ``h``. A value that does not fit raises :class:`ConfigError`, which names the flag or
+variable, the value, and what is allowed; the command line turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+from .state import DEFAULT_RUNTIME_BUCKETS, DEFAULT_WAIT_BUCKETS, Settings
+
+ENV_PREFIX = "CELERY_EXPORTER_"
+DEFAULT_PORT = 9808
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "json", "console")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A flag or variable whose value cannot be used."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon reads from its flags and environment."""
+
+    broker_url: str
+    broker_transport_options: Mapping[str, Any]
+    broker_ssl_options: Mapping[str, Any]
+    host: str
+    port: int
+    log_level: str
+    log_format: str
+    enable_events: bool
+    enable_events_interval: float
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag: its parser, default and help, shared by argparse, the environment and docs."""
+
+    flag: str
+    help: str
+    default: Any = None
+    parse: Callable[[str], Any] = str
+    kind: str = "value"  # "value", "bool" or "pairs"
+    metavar: str | None = None
+    extra_env: tuple[str, ...] = ()
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+# -- value parsers ---------------------------------------------------------------------------
+
+
+def parse_port(text: str) -> int:
+    """A TCP port from 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError("expected a port number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise ValueError("expected a port number from 1 to 65535")
+    return port
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("expected a whole number of at least 1") from None
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """A duration above zero: seconds, or a number with ms, s, m or h."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("expected a duration such as 30, 30s, 500ms, 5m or 1h")
+    value = float(match.group(1)) * _SCALE[match.group(2)]
+    if value <= 0:
+        raise ValueError("expected a duration above zero")
+    return value
+
+
+def parse_buckets(text: str) -> tuple[float, ...]:
+    """Comma-separated histogram bucket bounds, increasing and above zero."""
+    try:
+        bounds = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError("expected comma-separated numbers, e.g. 0.1,1,10") from None
+    if not bounds or any(b <= 0 or b != b or b == float("inf") for b in bounds):
+        raise ValueError("expected finite bucket bounds above zero, e.g. 0.1,1,10")
+    if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+        raise ValueError("bucket bounds must increase")
+    return bounds
+
+
+def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
+    """One of a fixed set of words."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    parse.__doc__ = f"One of {', '.join(choices)}."
+    return parse
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, 1/0, yes/no or on/off."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def non_empty(text: str) -> str:
+    """Any text that is not empty."""
+    if not text.strip():
+        raise ValueError("expected a value that is not empty")
+    return text.strip()
+
+
+def parse_broker_url(text: str) -> str:
+    """A kombu broker URL (several separated by ';' for failover)."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    url = text.strip()
+    if not url:
+        raise ValueError("expected a broker URL such as redis://localhost:6379/0")
+    for part in url.split(";"):
+        scheme, sep, _ = part.strip().partition("://")
+        if not sep:
+            raise ValueError("expected a broker URL such as redis://localhost:6379/0")
+        if scheme.split("+")[-1] not in TRANSPORT_ALIASES and scheme not in TRANSPORT_ALIASES:
+            known = "redis, rediss, sentinel, amqp, amqps"
+            raise ValueError(f"unknown transport {scheme!r}; supported include {known}")
+    return url
+
+
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_pair(text: str) -> tuple[str, Any]:
+    """key=value; the value is read as JSON when it is JSON (numbers, lists), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError("expected key=value")
+    return key.strip(), _option_value(value.strip())
+
+
+def parse_ssl_pair(text: str) -> tuple[str, Any]:
+    """key=value, where CERT_NONE, CERT_OPTIONAL and CERT_REQUIRED name the ssl constants."""
+    key, value = parse_pair(text)
+    if isinstance(value, str) and value.upper() in ("CERT_NONE", "CERT_OPTIONAL", "CERT_REQUIRED"):
+        value = getattr(ssl, value.upper())
+    return key, value
+
+
+def _buckets_text(buckets: Sequence[float]) -> str:
+    return ",".join(f"{b:g}" for b in buckets)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--broker-url", "Broker to follow: redis://, rediss://, sentinel://, amqp://, amqps://.",
+           "redis://localhost:6379/0", parse_broker_url, metavar="URL", extra_env=("CELERY_BROKER_URL",)),
+    Option("--broker-transport-option", "Kombu transport option, e.g. master_name=mymaster or "
+           "global_keyprefix=prod: (repeatable).", (), parse_pair, "pairs", "KEY=VALUE"),
+    Option("--broker-ssl-option", "TLS option for rediss:// or amqps://, e.g. "
+           "ssl_cert_reqs=CERT_REQUIRED or ca_certs=/ca.pem (repeatable).",
+           (), parse_ssl_pair, "pairs", "KEY=VALUE"),
+    Option("--host", "Address the HTTP server listens on.", "0.0.0.0", non_empty, metavar="ADDRESS"),
+    Option("--port", "Port the HTTP server listens on.", DEFAULT_PORT, parse_port, metavar="PORT"),
+    Option("--log-level", "Least severe log level written.", "info", parse_choice(LOG_LEVELS),
+           metavar="|".join(LOG_LEVELS)),
+    Option("--log-format", "auto: JSON when stdout is not a terminal, console otherwise.", "auto",
+           parse_choice(LOG_FORMATS), metavar="|".join(LOG_FORMATS)),
+    Option("--enable-events", "Broadcast enable_events to workers at start and periodically "
+           "(--no-enable-events to leave workers as they are).", True, parse_bool, "bool"),
+    Option("--enable-events-interval", "How often to broadcast enable_events.", 30.0,
+           parse_duration, metavar="DURATION"),
+    Option("--worker-label", "Add the worker's hostname as a label to task metrics (more series).",
+           False, parse_bool, "bool"),
+    Option("--worker-timeout", "A worker is down when silent this long "
+           "(default: 3 of its own heartbeat intervals).", None, parse_duration, metavar="DURATION"),
+    Option("--worker-purge-after", "Remove a down worker's series after this long.", 3600.0,
+           parse_duration, metavar="DURATION"),
+    Option("--default-queue", "queue_name for tasks whose queue the events do not tell.",
+           "celery", non_empty, metavar="QUEUE"),
+    Option("--runtime-buckets", "Bucket bounds of celery_task_runtime_seconds, in seconds.",
+           DEFAULT_RUNTIME_BUCKETS, parse_buckets, metavar="B1,B2,..."),
+    Option("--wait-buckets", "Bucket bounds of the queue and prefetch wait histograms, in seconds.",
+           DEFAULT_WAIT_BUCKETS, parse_buckets, metavar="B1,B2,..."),
+    Option("--max-tracked-tasks", "Most tasks kept in the in-flight table; oldest evicted first.",
+           100_000, positive_int, metavar="N"),
+    Option("--max-task-names", "Most distinct task names; more are reported as name=\"other\".",
+           1000, positive_int, metavar="N"),
+    Option("--max-exceptions", "Most distinct exception classes; more become \"other\".",
+           200, positive_int, metavar="N"),
+    Option("--max-queues", "Most distinct queue names; more become \"other\".", 500,
+           positive_int, metavar="N"),
+    Option("--max-workers", "Most distinct worker hostnames; more become \"other\".", 1000,
+           positive_int, metavar="N"),
+)  # fmt: skip
+
+
+def build_parser(prog: str = "celery-exporter") -> argparse.ArgumentParser:
+    """Return the argument parser for the daemon's flags."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Prometheus exporter for Celery: follows the event stream and serves /metrics.",
+        epilog=f"Every flag can also be set with an environment variable {ENV_PREFIX}<FLAG>, "
+        "e.g. CELERY_EXPORTER_PORT=9808.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    for opt in OPTIONS:
+        default = opt.default
+        if isinstance(default, tuple) and default and isinstance(default[0], float):
+            default = _buckets_text(default)
+        shown = f" (default: {default})" if default not in (None, (), False) else ""
+        help_text = f"{opt.help}{shown} [env {opt.env}]"
+        if opt.kind == "bool":
+            parser.add_argument(opt.flag, dest=opt.dest, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif opt.kind == "pairs":
+            parser.add_argument(opt.flag, dest=opt.dest, action="append", default=None,
+                                metavar=opt.metavar, help=help_text)
+        else:
+            parser.add_argument(opt.flag, dest=opt.dest, default=None, metavar=opt.metavar,
+                                help=help_text)
+    return parser
+
+
+def resolve(namespace: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn parsed flags and the environment into checked values, flags first."""
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = getattr(namespace, opt.dest, None)
+        if raw is not None:
+            values[opt.dest] = _convert(opt, raw, opt.flag)
+            continue
+        for env in (opt.env, *opt.extra_env):
+            text = environ.get(env)
+            if text is not None and text.strip() != "":
+                values[opt.dest] = _convert(opt, text.split() if opt.kind == "pairs" else text, env)
+                break
+        else:
+            values[opt.dest] = dict(opt.default) if opt.kind == "pairs" else opt.default
+    return values
+
+
+def _convert(opt: Option, raw: Any, source: str) -> Any:
+    if opt.kind == "bool" and isinstance(raw, bool):
+        return raw
+    items = raw if opt.kind == "pairs" else [raw]
+    out = []
+    for item in items:
+        try:
+            out.append(opt.parse(item))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: invalid value {_shown(item)}: {exc}") from None
+    return dict(out) if opt.kind == "pairs" else out[0]
+
+
+def _shown(value: str) -> str:
+    from .redact import mask_url
+
+    return repr(mask_url(value))
+
+
+def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
+    """Parse flags and environment into a :class:`Config`; exits 2 on a usage error."""
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    try:
+        return from_values(resolve(namespace, environ))
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+
+def from_values(values: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from resolved option values."""
+    settings = Settings(
+        worker_label=values["worker_label"],
+        default_queue=values["default_queue"],
+        worker_timeout=values["worker_timeout"],
+        worker_purge_after=values["worker_purge_after"],
+        max_tracked_tasks=values["max_tracked_tasks"],
+        max_task_names=values["max_task_names"],
+        max_exceptions=values["max_exceptions"],
+        max_queues=values["max_queues"],
+        max_workers=values["max_workers"],
+        runtime_buckets=tuple(values["runtime_buckets"]),
+        wait_buckets=tuple(values["wait_buckets"]),
+    )
+    return Config(
+        broker_url=values["broker_url"],
+        broker_transport_options=values["broker_transport_option"],
+        broker_ssl_options=values["broker_ssl_option"],
+        host=values["host"],
+        port=values["port"],
+        log_level=values["log_level"],
+        log_format=values["log_format"],
+        enable_events=values["enable_events"],
+        enable_events_interval=values["enable_events_interval"],
+        settings=settings,
+    )

@@ -1,0 +1,225 @@
+"""Following the ``celeryev`` exchange on any kombu transport, reconnecting for ever.
+
+The consumer binds a private, auto-deleted queue to the event exchange (a fanout pub/sub
+subscription on Redis, a topic binding on RabbitMQ), hands each message body to
+:mod:`celery_exporter.wire`, and feeds the events to :class:`~celery_exporter.state.ClusterState`.
+While connected it also broadcasts ``enable_events`` to the workers every
+``--enable-events-interval`` and warns when workers run tasks without sending task events.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .health import Health
+from .log import get_logger
+from .redact import mask_url
+from .state import ClusterState
+from .wire import MalformedMessage, decode_body
+
+log = get_logger(__name__)
+
+#: How long a drain waits for a message before the loop looks at its timers and stop flag.
+POLL_SECONDS = 1.0
+#: How long workers may run tasks with no task event arriving before the exporter warns.
+SILENCE_WARNING_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Broker:
+    """Where and how to connect: URL, kombu transport options and TLS options."""
+
+    url: str
+    transport_options: Mapping[str, Any] = field(default_factory=dict)
+    ssl_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def connection(self) -> Any:
+        """Return a new, unconnected kombu connection."""
+        from kombu import Connection
+
+        options = {"socket_connect_timeout": 5, "socket_timeout": 10, **self.transport_options}
+        return Connection(
+            self.url,
+            transport_options=options,
+            ssl=dict(self.ssl_options) or None,
+            connect_timeout=5,
+            heartbeat=0,
+        )
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked, for logs."""
+        return mask_url(self.url)
+
+
+class Backoff:
+    """Capped exponential delays with jitter: 1 s, 2 s, 4 s ... up to ``cap``."""
+
+    def __init__(self, initial: float = 1.0, cap: float = 30.0, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def next(self) -> float:
+        """Return the delay before the next attempt."""
+        delay = min(self.cap, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return delay * self.rng.uniform(0.8, 1.0)
+
+    def reset(self) -> None:
+        """Start again from the initial delay."""
+        self.attempt = 0
+
+
+class SilenceWatch:
+    """Tells when workers run tasks (per their heartbeats) while no task event arrives."""
+
+    def __init__(self, state: ClusterState, window: float = SILENCE_WARNING_SECONDS) -> None:
+        self.state = state
+        self.window = window
+        self._since: float | None = None
+        self._base: Mapping[str, int] = {}
+
+    def check(self, now: float) -> bool:
+        """Return True once per window in which tasks ran unseen."""
+        summary = self.state.heartbeat_summary()
+        if self._since is None:
+            self._since, self._base = now, summary
+            return False
+        if now - self._since < self.window:
+            return False
+        ran = summary["processed"] > self._base["processed"] or summary["active"] > 0
+        silent = summary["task_events"] == self._base["task_events"]
+        self._since, self._base = now, summary
+        return bool(summary["workers"]) and ran and silent
+
+
+class EventConsumer:
+    """Consumes the event stream into a :class:`ClusterState` until stopped."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        state: ClusterState,
+        health: Health,
+        *,
+        enable_events: bool = True,
+        enable_events_interval: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.broker = broker
+        self.state = state
+        self.health = health
+        self.enable_events = enable_events
+        self.enable_events_interval = enable_events_interval
+        self.monotonic = monotonic
+        self.backoff = Backoff()
+        self.silence = SilenceWatch(state)
+        self._last_logged: dict[str, float] = {}
+        self._app: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, stop: threading.Event) -> None:
+        """Run :meth:`run` on a daemon thread."""
+        self._thread = threading.Thread(target=self.run, args=(stop,), name="events", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the thread to end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect, consume, and on any failure back off and reconnect, until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                self._consume(stop)
+            except Exception as exc:
+                reason = f"broker connection failed: {type(exc).__name__}: {exc}"
+                self.health.disconnected(mask_url(reason))
+                delay = self.backoff.next()
+                log.warning("broker_unavailable", broker=self.broker.safe_url,
+                            error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 1))
+                stop.wait(delay)
+        self.health.stopped()
+
+    def _consume(self, stop: threading.Event) -> None:
+        from celery.events.event import get_exchange
+        from kombu import Consumer, Queue
+
+        with self.broker.connection() as conn:
+            conn.ensure_connection(max_retries=1)
+            exchange = get_exchange(conn)
+            amqp = conn.transport.driver_type == "amqp"
+            queue = Queue(
+                f"celeryev.exporter.{uuid.uuid4()}",
+                exchange=exchange,
+                routing_key="#",
+                auto_delete=True,
+                durable=False,
+                exclusive=amqp,
+                message_ttl=5.0 if amqp else None,
+                expires=60.0 if amqp else None,
+            )
+            channel = conn.channel()
+            consumer = Consumer(channel, queues=[queue], on_message=self._on_message, no_ack=True)
+            with consumer:
+                self.health.connected()
+                self.backoff.reset()
+                log.info("consuming_events", broker=self.broker.safe_url, transport=conn.transport_cls)
+                next_enable = self.monotonic()
+                while not stop.is_set():
+                    now = self.monotonic()
+                    if self.enable_events and now >= next_enable:
+                        self._broadcast_enable_events(conn)
+                        next_enable = now + self.enable_events_interval
+                    if self.silence.check(now):
+                        log.warning(
+                            "no_task_events",
+                            message="workers are running tasks (per their heartbeats) but send no "
+                            "task events: start workers with -E, or leave --enable-events on and "
+                            "check the exporter may broadcast to them",
+                        )
+                    try:
+                        conn.drain_events(timeout=POLL_SECONDS)
+                    except socket.timeout:
+                        pass
+
+    def _broadcast_enable_events(self, conn: Any) -> None:
+        from celery import Celery
+
+        try:
+            if self._app is None:
+                self._app = Celery("celery-exporter", broker=self.broker.url, set_as_current=False)
+            self._app.control.enable_events(connection=conn)
+            log.debug("enable_events_sent")
+        except Exception as exc:
+            if isinstance(exc, tuple(conn.connection_errors)):
+                raise
+            log.warning("enable_events_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _on_message(self, message: Any) -> None:
+        try:
+            events = decode_body(message.body, message.content_type, message.content_encoding)
+        except MalformedMessage as exc:
+            self._malformed(exc.reason, exc.detail)
+            return
+        try:
+            self.state.handle_batch(events)
+        except Exception as exc:
+            self._malformed("schema", f"{type(exc).__name__}: {exc}")
+
+    def _malformed(self, reason: str, detail: str) -> None:
+        self.state.count_malformed(reason)
+        now = self.monotonic()
+        if now - self._last_logged.get(reason, -1e9) >= 10.0:
+            self._last_logged[reason] = now
+            log.warning("malformed_event", reason=reason, detail=detail[:300])

@@ -1,0 +1,128 @@
+"""Celery event messages on the wire: decoding what workers publish, and encoding the same.
+
+A Celery event message is a kombu message on the ``celeryev`` exchange whose body is one event
+(a JSON object with a ``type`` field) or, for the ``*.multi`` routing keys used by workers with
+an event loop, a JSON list of such objects. On Redis the whole kombu message travels as a JSON
+envelope (``body``, ``content-type``, ``content-encoding``, ``properties.body_encoding``) on a
+pub/sub channel; other transports hand the body over already unwrapped.
+
+Decoding never raises anything but :class:`MalformedMessage`, whose ``reason`` is one of
+:data:`MALFORMED_REASONS` and becomes the ``reason`` label of
+``celery_exporter_events_malformed_total``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid as uuidlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+Event = dict[str, Any]
+
+#: Every value the ``reason`` of a :class:`MalformedMessage` can take.
+MALFORMED_REASONS = ("envelope", "content_type", "encoding", "json", "schema")
+
+_JSON_TYPES = frozenset({"application/json", "application/x-json", "json"})
+
+
+class MalformedMessage(ValueError):
+    """A message that is not a Celery event message."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_body(body: bytes | str, content_type: str | None, content_encoding: str | None) -> list[Event]:
+    """Decode a kombu message body into the list of events it carries."""
+    if content_type is not None and content_type not in _JSON_TYPES:
+        raise MalformedMessage("content_type", f"unsupported content type {content_type[:64]!r}")
+    if isinstance(body, bytes):
+        encoding = content_encoding or "utf-8"
+        if encoding.lower() not in ("utf-8", "utf8", "binary"):
+            raise MalformedMessage("encoding", f"unsupported content encoding {encoding[:64]!r}")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedMessage("encoding", f"body is not UTF-8: {exc.reason}") from None
+    else:
+        text = body
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage("json", f"body is not JSON: {str(exc)[:120]}") from None
+    return events_from_payload(payload)
+
+
+def events_from_payload(payload: Any) -> list[Event]:
+    """Check a decoded body and return its events (one object, or a list of objects)."""
+    if isinstance(payload, dict):
+        events = [payload]
+    elif isinstance(payload, list):
+        events = payload
+    else:
+        raise MalformedMessage("schema", f"body is a JSON {type(payload).__name__}, not an event")
+    for event in events:
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise MalformedMessage("schema", "an event is not an object with a string 'type'")
+    return events
+
+
+def decode_envelope(data: bytes | str) -> list[Event]:
+    """Decode a kombu Redis pub/sub envelope into the list of events its body carries."""
+    try:
+        envelope = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage("envelope", f"envelope is not JSON: {str(exc)[:120]}") from None
+    if not isinstance(envelope, dict):
+        raise MalformedMessage("envelope", "envelope is not a JSON object")
+    body = envelope.get("body")
+    properties = envelope.get("properties")
+    body_encoding = properties.get("body_encoding") if isinstance(properties, dict) else None
+    content_type = envelope.get("content-type")
+    content_encoding = envelope.get("content-encoding")
+    if not isinstance(body, str):
+        raise MalformedMessage("envelope", "envelope has no string 'body'")
+    if not isinstance(content_type, (str, type(None))) or not isinstance(
+        content_encoding, (str, type(None))
+    ):
+        raise MalformedMessage("envelope", "content-type and content-encoding must be strings")
+    if body_encoding == "base64":
+        try:
+            raw: bytes | str = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedMessage("encoding", "body is not valid base64") from None
+    elif body_encoding is None:
+        raw = body
+    else:
+        raise MalformedMessage("encoding", f"unsupported body encoding {str(body_encoding)[:64]!r}")
+    return decode_body(raw, content_type, content_encoding)
+
+
+def encode_envelope(
+    events: Event | Iterable[Event],
+    *,
+    routing_key: str,
+    hostname: str = "celery@localhost",
+    exchange: str = "celeryev",
+) -> bytes:
+    """Frame one event, or a ``*.multi`` list of events, as kombu's Redis transport publishes it."""
+    body: Any = events if isinstance(events, Mapping) else list(events)
+    envelope = {
+        "body": base64.b64encode(json.dumps(body).encode()).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"hostname": hostname},
+        "properties": {
+            "delivery_mode": 1,
+            "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuidlib.uuid4()),
+        },
+    }
+    return json.dumps(envelope).encode()
