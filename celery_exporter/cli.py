@@ -21,7 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon = Daemon(cfg)
     except OSError as exc:
         log.get_logger(__name__).error(
-            "cannot_listen", host=cfg.host, port=cfg.port, error=str(exc),
+            "cannot_listen",
+            host=cfg.host,
+            port=cfg.port,
+            error=str(exc),
             hint="choose a free port with --port or CELERY_EXPORTER_PORT",
         )
         return 2

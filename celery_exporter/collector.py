@@ -55,7 +55,9 @@ class HealthCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Yield build info, broker up and reconnects."""
         view = self.health.view()
-        info = InfoMetricFamily("celery_exporter_build", "Version of the exporter and its libraries.")
+        info = InfoMetricFamily(
+            "celery_exporter_build", "Version of the exporter and its libraries."
+        )
         info.add_metric([], self.build)
         yield info
         yield GaugeMetricFamily(
@@ -125,31 +127,39 @@ def task_families(snap: Snapshot) -> Iterator[Metric]:
 def worker_families(snap: Snapshot) -> Iterator[Metric]:
     """Yield the ``celery_worker_*`` families."""
     host = ["hostname"]
-    up = GaugeMetricFamily("celery_worker_up", "1 while the worker sends heartbeats, else 0.", labels=host)
+    up = GaugeMetricFamily(
+        "celery_worker_up", "1 while the worker sends heartbeats, else 0.", labels=host
+    )
     heartbeat = GaugeMetricFamily(
         "celery_worker_last_heartbeat_timestamp_seconds",
         "When the exporter last received a heartbeat from the worker.",
         labels=host,
     )
     active = GaugeMetricFamily(
-        "celery_worker_tasks_active", "Tasks the worker executes, from its last heartbeat.", labels=host
+        "celery_worker_tasks_active",
+        "Tasks the worker executes, from its last heartbeat.",
+        labels=host,
     )
     busy = GaugeMetricFamily(
-        "celery_worker_pool_busy", "Tasks executing in the worker's pool, from task events.", labels=host
+        "celery_worker_pool_busy",
+        "Tasks executing in the worker's pool, from task events.",
+        labels=host,
     )
     reserved = GaugeMetricFamily(
-        "celery_worker_tasks_reserved", "Tasks the worker received and has not started.", labels=host
+        "celery_worker_tasks_reserved",
+        "Tasks the worker received and has not started.",
+        labels=host,
     )
     processed = CounterMetricFamily(
         "celery_worker_tasks_processed", "Tasks the worker processed since it started.", labels=host
     )
     loads = [
-        GaugeMetricFamily(f"celery_worker_load{n}", f"The worker host's {n}-minute load average.", labels=host)
+        GaugeMetricFamily(
+            f"celery_worker_load{n}", f"The worker host's {n}-minute load average.", labels=host
+        )
         for n in (1, 5, 15)
     ]
-    info = InfoMetricFamily(
-        "celery_worker", "Software the worker runs.", labels=["hostname"]
-    )
+    info = InfoMetricFamily("celery_worker", "Software the worker runs.", labels=["hostname"])
     for name, (is_up, w) in sorted(snap.workers.items()):
         label = [name]
         up.add_metric(label, 1 if is_up else 0)
@@ -170,7 +180,9 @@ def worker_families(snap: Snapshot) -> Iterator[Metric]:
 def event_self_families(snap: Snapshot) -> Iterator[Metric]:
     """Yield the self-metrics about event ingest."""
     events = CounterMetricFamily(
-        "celery_exporter_events", "Events received, by type (unknown types as 'other').", labels=["type"]
+        "celery_exporter_events",
+        "Events received, by type (unknown types as 'other').",
+        labels=["type"],
     )
     for etype, count in sorted(snap.events.items()):
         events.add_metric([etype], count)
@@ -246,4 +258,4 @@ def _histogram(
 
 
 def _le(bound: float) -> str:
-    return floatToGoString(bound)
+    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]

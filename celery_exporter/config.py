@@ -12,6 +12,7 @@ variable, the value, and what is allowed; the command line turns it into exit st
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import ssl
@@ -117,7 +118,7 @@ def parse_buckets(text: str) -> tuple[float, ...]:
         raise ValueError("expected comma-separated numbers, e.g. 0.1,1,10") from None
     if not bounds or any(b <= 0 or b != b or b == float("inf") for b in bounds):
         raise ValueError("expected finite bucket bounds above zero, e.g. 0.1,1,10")
-    if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+    if any(a >= b for a, b in itertools.pairwise(bounds)):
         raise ValueError("bucket bounds must increase")
     return bounds
 
@@ -255,14 +256,26 @@ def build_parser(prog: str = "celery-exporter") -> argparse.ArgumentParser:
         shown = f" (default: {default})" if default not in (None, (), False) else ""
         help_text = f"{opt.help}{shown} [env {opt.env}]"
         if opt.kind == "bool":
-            parser.add_argument(opt.flag, dest=opt.dest, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            parser.add_argument(
+                opt.flag,
+                dest=opt.dest,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
         elif opt.kind == "pairs":
-            parser.add_argument(opt.flag, dest=opt.dest, action="append", default=None,
-                                metavar=opt.metavar, help=help_text)
+            parser.add_argument(
+                opt.flag,
+                dest=opt.dest,
+                action="append",
+                default=None,
+                metavar=opt.metavar,
+                help=help_text,
+            )
         else:
-            parser.add_argument(opt.flag, dest=opt.dest, default=None, metavar=opt.metavar,
-                                help=help_text)
+            parser.add_argument(
+                opt.flag, dest=opt.dest, default=None, metavar=opt.metavar, help=help_text
+            )
     return parser
 
 

@@ -9,8 +9,8 @@ While connected it also broadcasts ``enable_events`` to the workers every
 
 from __future__ import annotations
 
+import contextlib
 import random
-import socket
 import threading
 import time
 import uuid
@@ -62,7 +62,9 @@ class Broker:
 class Backoff:
     """Capped exponential delays with jitter: 1 s, 2 s, 4 s ... up to ``cap``."""
 
-    def __init__(self, initial: float = 1.0, cap: float = 30.0, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, initial: float = 1.0, cap: float = 30.0, rng: random.Random | None = None
+    ) -> None:
         self.initial = initial
         self.cap = cap
         self.rng = rng or random.Random()
@@ -72,7 +74,7 @@ class Backoff:
         """Return the delay before the next attempt."""
         delay = min(self.cap, self.initial * 2**self.attempt)
         self.attempt += 1
-        return delay * self.rng.uniform(0.8, 1.0)
+        return float(delay * self.rng.uniform(0.8, 1.0))
 
     def reset(self) -> None:
         """Start again from the initial delay."""
@@ -146,8 +148,12 @@ class EventConsumer:
                 reason = f"broker connection failed: {type(exc).__name__}: {exc}"
                 self.health.disconnected(mask_url(reason))
                 delay = self.backoff.next()
-                log.warning("broker_unavailable", broker=self.broker.safe_url,
-                            error=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 1))
+                log.warning(
+                    "broker_unavailable",
+                    broker=self.broker.safe_url,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=round(delay, 1),
+                )
                 stop.wait(delay)
         self.health.stopped()
 
@@ -174,7 +180,9 @@ class EventConsumer:
             with consumer:
                 self.health.connected()
                 self.backoff.reset()
-                log.info("consuming_events", broker=self.broker.safe_url, transport=conn.transport_cls)
+                log.info(
+                    "consuming_events", broker=self.broker.safe_url, transport=conn.transport_cls
+                )
                 next_enable = self.monotonic()
                 while not stop.is_set():
                     now = self.monotonic()
@@ -188,10 +196,8 @@ class EventConsumer:
                             "task events: start workers with -E, or leave --enable-events on and "
                             "check the exporter may broadcast to them",
                         )
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         conn.drain_events(timeout=POLL_SECONDS)
-                    except socket.timeout:
-                        pass
 
     def _broadcast_enable_events(self, conn: Any) -> None:
         from celery import Celery

@@ -45,15 +45,10 @@ class LabelCap:
 
 def clean(value: Any) -> str:
     """Turn any event field into a short label value."""
-    if not isinstance(value, str):
-        if value is None:
-            return UNKNOWN
-        value = str(value)
-    if not value:
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    if not text:
         return UNKNOWN
-    if len(value) > MAX_VALUE_LENGTH:
-        value = value[:MAX_VALUE_LENGTH]
-    return value
+    return text[:MAX_VALUE_LENGTH] if len(text) > MAX_VALUE_LENGTH else text
 
 
 def exception_name(exception: Any, traceback: Any) -> str:
@@ -72,11 +67,11 @@ def _class_from_repr(exception: Any) -> str:
     if not isinstance(exception, str):
         return ""
     match = _EXCEPTION_NAME.match(exception.strip())
-    return match.group(0).rsplit(".", 1)[-1] if match else ""
+    return str(match.group(0)).rsplit(".", 1)[-1] if match else ""
 
 
 def _class_from_traceback(traceback: str) -> str:
     tail = traceback[-2000:].rstrip()
     last = tail.rsplit("\n", 1)[-1].strip()
     match = _EXCEPTION_NAME.match(last)
-    return match.group(0).rsplit(".", 1)[-1] if match else ""
+    return str(match.group(0)).rsplit(".", 1)[-1] if match else ""

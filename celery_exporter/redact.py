@@ -8,8 +8,12 @@ from typing import Any
 from urllib.parse import unquote
 
 MASK = "***"
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@;\s]*):(?P<pw>[^@/;\s]*)@")
-_QUERY_SECRET = re.compile(r"(?P<key>(?:password|passwd|pass|sasl_password)=)(?P<pw>[^&;\s]*)", re.I)
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@;\s]*):(?P<pw>[^@/;\s]*)@"
+)
+_QUERY_SECRET = re.compile(
+    r"(?P<key>(?:password|passwd|pass|sasl_password)=)(?P<pw>[^&;\s]*)", re.I
+)
 
 
 def mask_url(text: str) -> str:

@@ -29,7 +29,16 @@ DEFAULT_RUNTIME_BUCKETS = (
 DEFAULT_WAIT_BUCKETS = DEFAULT_RUNTIME_BUCKETS
 
 #: Task event types counted by ``celery_task_<kind>_total``.
-TASK_COUNTERS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected")
+TASK_COUNTERS = (
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+    "rejected",
+)
 #: Event types ``celery_exporter_events_total`` names; any other type is counted as ``other``.
 KNOWN_EVENT_TYPES = frozenset(
     [f"task-{kind}" for kind in TASK_COUNTERS]
@@ -115,7 +124,18 @@ class FailureWindow:
 class _Task:
     """One task the exporter has seen and not yet seen finish."""
 
-    __slots__ = ("eta", "host", "key", "name", "queue", "received", "sent", "started", "step", "uuid")
+    __slots__ = (
+        "eta",
+        "host",
+        "key",
+        "name",
+        "queue",
+        "received",
+        "sent",
+        "started",
+        "step",
+        "uuid",
+    )
 
     def __init__(self, uuid: str, name: str, queue: str) -> None:
         self.uuid = uuid
@@ -191,7 +211,9 @@ class ClusterState:
         self.settings = s = settings or Settings()
         self.clock = clock
         self.lock = threading.Lock()
-        self.task_labels = ("name", "queue_name", "hostname") if s.worker_label else ("name", "queue_name")
+        self.task_labels = (
+            ("name", "queue_name", "hostname") if s.worker_label else ("name", "queue_name")
+        )
         self.names = LabelCap(s.max_task_names)
         self.exceptions = LabelCap(s.max_exceptions)
         self.queues = LabelCap(s.max_queues)
@@ -263,7 +285,11 @@ class ClusterState:
         task = self.tasks.get(uuid)
         queue = event.get("queue") or event.get("routing_key")
         if task is None:
-            task = self._track(uuid, self.names(event.get("name")), self.queues(queue or self.settings.default_queue))
+            task = self._track(
+                uuid,
+                self.names(event.get("name")),
+                self.queues(queue or self.settings.default_queue),
+            )
         elif queue:
             task.queue = self.queues(queue)
         task.sent = _timestamp(event, now)
@@ -340,7 +366,9 @@ class ClusterState:
         if task.started is not None:
             runtime = _duration(_timestamp(event, now) - task.started)
             if runtime is not None:
-                self._observe(self.runtime, (*key, "failed"), runtime, self.settings.runtime_buckets)
+                self._observe(
+                    self.runtime, (*key, "failed"), runtime, self.settings.runtime_buckets
+                )
 
     def _on_retried(self, event: dict[str, Any], now: float) -> None:
         task = self._requeue(event, now)
@@ -433,7 +461,11 @@ class ClusterState:
         return key
 
     def _observe(
-        self, hists: dict[LabelKey, Histogram], key: LabelKey, value: float, bounds: tuple[float, ...]
+        self,
+        hists: dict[LabelKey, Histogram],
+        key: LabelKey,
+        value: float,
+        bounds: tuple[float, ...],
     ) -> None:
         hist = hists.get(key)
         if hist is None:
@@ -550,7 +582,9 @@ class ClusterState:
                 queue_wait={k: h.copy() for k, h in self.queue_wait.items()},
                 prefetch_wait={k: h.copy() for k, h in self.prefetch_wait.items()},
                 failures_per_minute={k: w.total(now) for k, w in self.failure_windows.items()},
-                active={k: (len(r), min(r.values()) if r else 0.0) for k, r in self.running.items()},
+                active={
+                    k: (len(r), min(r.values()) if r else 0.0) for k, r in self.running.items()
+                },
                 workers=workers,
                 events=self.events.copy(),
                 tracked_tasks=len(self.tasks),
@@ -590,17 +624,14 @@ def _uuid(event: dict[str, Any]) -> str:
 
 def _timestamp(event: dict[str, Any], now: float) -> float:
     ts = event.get("timestamp")
-    if type(ts) is float or (isinstance(ts, (int, float)) and not isinstance(ts, bool)):
-        if math.isfinite(ts) and 0 < ts < 1e11:
-            return float(ts)
+    if type(ts) is float or (isinstance(ts, int) and not isinstance(ts, bool)):
+        return float(ts) if math.isfinite(ts) and 0 < ts < 1e11 else now
     return now
 
 
 def _duration(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        if 0 <= value < 1e7:
-            return float(value)
-    return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok and 0 <= value < 1e7 else None
 
 
 def _eta(value: Any) -> float | None:

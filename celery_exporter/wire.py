@@ -37,7 +37,9 @@ class MalformedMessage(ValueError):
         self.detail = detail
 
 
-def decode_body(body: bytes | str, content_type: str | None, content_encoding: str | None) -> list[Event]:
+def decode_body(
+    body: bytes | str, content_type: str | None, content_encoding: str | None
+) -> list[Event]:
     """Decode a kombu message body into the list of events it carries."""
     if content_type is not None and content_type not in _JSON_TYPES:
         raise MalformedMessage("content_type", f"unsupported content type {content_type[:64]!r}")

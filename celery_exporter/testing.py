@@ -1,0 +1,143 @@
+"""Private brokers and scrape helpers for the test suite, the benchmarks and the demo.
+
+Nothing in the exporter imports this module. It starts throw-away ``redis-server`` processes on
+free loopback ports and reads ``/metrics`` into plain dicts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+T = TypeVar("T")
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+REDIS_MISSING = (
+    "redis-server was not found on PATH. Install it (Debian/Ubuntu: sudo apt-get install "
+    "redis-server; macOS: brew install redis), or run 'make test' / 'make demo', which install it."
+)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "") -> T:
+    """Call ``check`` until it returns something truthy; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T = check()
+    while not last:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(interval)
+        last = check()
+    return last
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port that keeps nothing on disk."""
+
+    def __init__(self, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(REDIS_MISSING)
+        self.binary = binary
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.dir = Path(tempfile.mkdtemp(prefix="celery-exporter-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        """The broker URL of database ``db``."""
+        return f"redis://{self.host}:{self.port}/{db}"
+
+    def start(self) -> RedisServer:
+        """Start the server (again, on the same port) and wait until it answers PING."""
+        args = [
+            self.binary, "--port", str(self.port), "--bind", self.host, "--save", "",
+            "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
+            *self.extra_args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, timeout=10, interval=0.05, what=f"redis-server on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        """Whether the server answers PING."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop the server and wait for it to exit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET ``url``; return the status and body (also for error statuses)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), bytes(exc.read())
+
+
+def parse_metrics(text: str) -> dict[Sample, float]:
+    """Map ``(sample name, labels)`` to value for every sample of an exposition."""
+    samples: dict[Sample, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict[Sample, float]:
+    """Fetch and parse a ``/metrics`` page."""
+    status, body = fetch(url, timeout)
+    if status != 200:
+        raise RuntimeError(f"{url} answered {status}")
+    return parse_metrics(body.decode())
+
+
+def value(samples: Mapping[Sample, float], name: str, **labels: str) -> float:
+    """The value of one sample, or 0 when it is absent."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Mapping[Sample, float], name: str, **labels: str) -> float:
+    """The sum of every sample named ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, lbls), v in samples.items() if n == name and wanted <= lbls)
