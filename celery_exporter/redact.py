@@ -11,14 +11,17 @@ MASK = "***"
 _USERINFO = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@;\s]*):(?P<pw>[^@/;\s]*)@"
 )
+# user:password@ without a scheme, as in a mistyped URL (redis:/:pw@host).
+_BARE_USERINFO = re.compile(r"(?P<user>[^:/@;\s]*):(?P<pw>[^@/;\s]+)@")
 _QUERY_SECRET = re.compile(
     r"(?P<key>(?:password|passwd|pass|sasl_password)=)(?P<pw>[^&;\s]*)", re.I
 )
 
 
 def mask_url(text: str) -> str:
-    """Replace every password in URLs within ``text`` with ``***``."""
+    """Replace every password in URLs within ``text`` with ``***``, also in mistyped URLs."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@" if m["pw"] else m[0], text)
+    text = _BARE_USERINFO.sub(lambda m: f"{m['user']}:{MASK}@" if m["pw"] != MASK else m[0], text)
     return _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}" if m["pw"] else m[0], text)
 
 
@@ -45,7 +48,7 @@ class Redactor:
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        return mask_url(text) if "://" in text or "=" in text else text
+        return mask_url(text) if "@" in text or "=" in text else text
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
         for key, value in event_dict.items():

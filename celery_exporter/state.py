@@ -8,7 +8,6 @@ which updates dicts keyed by label tuples and nothing else. Metric families are 
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from bisect import bisect_left
@@ -46,6 +45,9 @@ KNOWN_EVENT_TYPES = frozenset(
 )
 #: Exception classes that mark a task killed by its time limit, and the ``kind`` they count as.
 TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
+
+#: Longest task id accepted; a task event with a longer or missing one is counted as malformed.
+MAX_UUID_LENGTH = 200
 
 _PENDING, _RECEIVED, _STARTED = 0, 1, 2
 _DEFAULT_FREQ = 2.0
@@ -219,7 +221,10 @@ class ClusterState:
         self.queues = LabelCap(s.max_queues)
         self.hostnames = LabelCap(s.max_workers)
         self.tasks: dict[str, _Task] = {}
-        self.finished: dict[str, tuple[str, _Task]] = {}
+        #: Recently finished tasks and the final event types seen for each, to spot repeats.
+        self.finished: dict[str, tuple[set[str], _Task]] = {}
+        self._finished_ring: list[str | None] = [None] * s.max_finished_tasks
+        self._finished_pos = 0
         self.counters: dict[str, dict[LabelKey, int]] = {kind: {} for kind in TASK_COUNTERS}
         self.timeouts: dict[LabelKey, int] = {}
         self.runtime: dict[LabelKey, Histogram] = {}
@@ -267,7 +272,12 @@ class ClusterState:
                     counts["other"] = counts.get("other", 0) + 1
                     continue
                 counts[etype] = counts.get(etype, 0) + 1
-                handler(event, now)
+                try:
+                    handler(event, now)
+                except Exception:
+                    # An event that breaks a handler is counted and skipped; the rest of the
+                    # batch still counts.
+                    self.malformed["schema"] = self.malformed.get("schema", 0) + 1
 
     def handle(self, event: dict[str, Any]) -> None:
         """Apply one event."""
@@ -294,7 +304,12 @@ class ClusterState:
             task.queue = self.queues(queue)
         task.sent = _timestamp(event, now)
         task.eta = _eta(event.get("eta"))
+        key = task.key
         self._count("sent", task, "")
+        if task.step == _STARTED:
+            # task-sent arrived after task-started: the running gauge holds the task under the
+            # key it started with, and must find it there when the task leaves that step.
+            task.key = key
 
     def _on_received(self, event: dict[str, Any], now: float) -> None:
         uuid = _uuid(event)
@@ -423,7 +438,7 @@ class ClusterState:
         if (
             isinstance(loadavg, (list, tuple))
             and len(loadavg) == 3
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in loadavg)
+            and all(isinstance(v, (int, float)) and abs(v) < 1e12 for v in loadavg)
         ):
             worker.loadavg = (float(loadavg[0]), float(loadavg[1]), float(loadavg[2]))
         for attr in ("sw_ident", "sw_ver", "sw_sys"):
@@ -439,9 +454,8 @@ class ClusterState:
             worker = self.workers[host] = Worker(now)
         else:
             worker.last_seen = now
-            if not worker.online:
-                worker.online = True
-                worker.offline_since = None
+            worker.online = True
+            worker.offline_since = None
         return worker
 
     def _queue_of(self, host: str) -> str:
@@ -506,21 +520,27 @@ class ClusterState:
         if task is None:
             done = self.finished.get(uuid)
             if done is not None:
-                if done[0] == etype:
+                if etype in done[0]:
                     self.duplicates += 1
                     return None
-                task = done[1]
-            else:
-                task = _Task(uuid, self.names(event.get("name")), self._queue_of(host))
-                task.host = host
+                done[0].add(etype)
+                return done[1]
+            task = _Task(uuid, self.names(event.get("name")), self._queue_of(host))
         else:
             self._leave_step(task)
-            task.host = host
-        finished = self.finished
-        finished[uuid] = (etype, task)
-        if len(finished) > self.settings.max_finished_tasks:
-            del finished[next(iter(finished))]
+        task.host = host
+        self._remember_finished(uuid, etype, task)
         return task
+
+    def _remember_finished(self, uuid: str, etype: str, task: _Task) -> None:
+        """Keep the last ``max_finished_tasks`` finished tasks, the oldest making way first."""
+        ring, pos = self._finished_ring, self._finished_pos
+        oldest = ring[pos]
+        if oldest is not None:
+            self.finished.pop(oldest, None)
+        ring[pos] = uuid
+        self._finished_pos = (pos + 1) % len(ring)
+        self.finished[uuid] = ({etype}, task)
 
     def _requeue(self, event: dict[str, Any], now: float) -> _Task:
         """Put a task back to waiting (retried, requeued, cancelled): it keeps its labels."""
@@ -605,6 +625,18 @@ class ClusterState:
         del self.workers[host]
         self.worker_queues.pop(host, None)
         self.hostnames.forget(host)
+        if self.settings.worker_label:
+            self._drop_host_series(host)
+
+    def _drop_host_series(self, host: str) -> None:
+        """Remove the task series labelled with a purged worker, so the hostname cap bounds them."""
+        tables: list[dict[LabelKey, Any]] = [
+            *self.counters.values(), self.timeouts, self.runtime, self.queue_wait,
+            self.prefetch_wait, self.failure_windows, self.running,
+        ]  # fmt: skip
+        for table in tables:
+            for key in [k for k in table if k[2] == host]:
+                del table[key]
 
     def heartbeat_summary(self) -> Mapping[str, int]:
         """Sum of ``active`` and ``processed`` over the workers, to tell if tasks run unseen."""
@@ -619,18 +651,21 @@ class ClusterState:
 
 def _uuid(event: dict[str, Any]) -> str:
     uuid = event.get("uuid")
-    return uuid if isinstance(uuid, str) else str(uuid)
+    if isinstance(uuid, str) and 0 < len(uuid) <= MAX_UUID_LENGTH:
+        return uuid
+    raise ValueError("task event without a usable uuid")
 
 
 def _timestamp(event: dict[str, Any], now: float) -> float:
     ts = event.get("timestamp")
     if type(ts) is float or (isinstance(ts, int) and not isinstance(ts, bool)):
-        return float(ts) if math.isfinite(ts) and 0 < ts < 1e11 else now
+        # A range check, not math.isfinite: it also rejects NaN and inf, and never overflows.
+        return float(ts) if 0 < ts < 1e11 else now
     return now
 
 
 def _duration(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return float(value) if ok and 0 <= value < 1e7 else None
 
 
