@@ -410,18 +410,19 @@ class ClusterState:
 
     def _on_worker_online(self, event: dict[str, Any], now: float) -> None:
         host = self.hostnames(event.get("hostname"))
-        self._forget_tasks_of(host)
-        self._heartbeat(self._seen(host, now), event, now)
+        self._release_tasks_of(host)
+        self._heartbeat(self._seen(host, now, revive=True), event, now)
 
     def _on_worker_heartbeat(self, event: dict[str, Any], now: float) -> None:
-        self._heartbeat(self._seen(self.hostnames(event.get("hostname")), now), event, now)
+        host = self.hostnames(event.get("hostname"))
+        self._heartbeat(self._seen(host, now, revive=True), event, now)
 
     def _on_worker_offline(self, event: dict[str, Any], now: float) -> None:
         host = self.hostnames(event.get("hostname"))
         worker = self._seen(host, now)
         worker.online = False
         worker.offline_since = now
-        self._forget_tasks_of(host)
+        self._release_tasks_of(host)
 
     def _heartbeat(self, worker: Worker, event: dict[str, Any], now: float) -> None:
         worker.last_heartbeat = now
@@ -448,11 +449,15 @@ class ClusterState:
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
-    def _seen(self, host: str, now: float) -> Worker:
+    def _seen(self, host: str, now: float, revive: bool = False) -> Worker:
+        """Note an event from a worker; only its own online or heartbeat events undo an offline.
+
+        A worker in warm shutdown sends worker-offline before the task events of its last tasks.
+        """
         worker = self.workers.get(host)
         if worker is None:
             worker = self.workers[host] = Worker(now)
-        else:
+        elif worker.online or revive:
             worker.last_seen = now
             worker.online = True
             worker.offline_since = None
@@ -556,11 +561,15 @@ class ClusterState:
         task.received = task.started = task.sent = task.eta = None
         return task
 
-    def _forget_tasks_of(self, host: str) -> None:
-        """Drop the tasks a worker held: after it restarts or leaves they cannot be running there."""
-        gone = [uuid for uuid, task in self.tasks.items() if task.host == host and task.step]
-        for uuid in gone:
-            self._leave_step(self.tasks.pop(uuid))
+    def _release_tasks_of(self, host: str) -> None:
+        """Take a worker's tasks off its gauges when it leaves or restarts.
+
+        The tasks stay tracked, so the final events a worker in warm shutdown sends after
+        worker-offline still find their names; tasks that never finish age out of the table.
+        """
+        for task in self.tasks.values():
+            if task.step and task.host == host:
+                self._leave_step(task)
         worker = self.workers.get(host)
         if worker is not None:
             worker.busy = worker.reserved = 0
@@ -621,7 +630,7 @@ class ClusterState:
             )
 
     def _purge_worker(self, host: str) -> None:
-        self._forget_tasks_of(host)
+        self._release_tasks_of(host)
         del self.workers[host]
         self.worker_queues.pop(host, None)
         self.hostnames.forget(host)

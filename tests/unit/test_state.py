@@ -603,14 +603,14 @@ def test_timed_out_worker_keeps_its_task_counts() -> None:
 
 
 def test_worker_offline() -> None:
-    """worker-offline marks the worker down at once and drops the tasks it held."""
+    """worker-offline marks the worker down at once and takes its tasks off the gauges."""
     state, _ = make()
     state.handle_batch([heartbeat(), received("u1"), received("u2"), started("u1")])
     state.handle(worker_event("offline"))
     snap = state.snapshot()
     assert snap.workers[W1][0] is False
     assert busy_reserved(snap, W1) == (0, 0)
-    assert snap.tracked_tasks == 0
+    assert snap.tracked_tasks == 2
     assert snap.active == {ADD: (0, 0.0)}
 
 
@@ -624,14 +624,15 @@ def test_worker_back_online() -> None:
     assert up(state) is True
 
 
-def test_worker_online_forgets_tasks_of_previous_run() -> None:
-    """A restarted worker (worker-online) drops the tasks its previous run held."""
+def test_worker_online_releases_tasks_of_previous_run() -> None:
+    """A restarted worker (worker-online) no longer counts the tasks its previous run held."""
     state, _ = make()
     state.handle_batch([worker_event("online"), received("u1"), started("u1")])
     state.handle(worker_event("online"))
     snap = state.snapshot()
     assert busy_reserved(snap, W1) == (0, 0)
-    assert snap.tracked_tasks == 0
+    assert snap.active == {ADD: (0, 0.0)}
+    assert snap.tracked_tasks == 1
 
 
 def test_worker_purged_after_worker_purge_after() -> None:
@@ -939,3 +940,15 @@ def test_purged_worker_takes_its_task_series_with_worker_label() -> None:
     assert counts(snap, "started") == {(*ADD, W2): 1}
     assert counts(snap, "failed") == {(*ADD, W2, "KeyError"): 1}
     assert list(snap.runtime) == [(*ADD, W2, "failed")]
+
+
+def test_task_events_after_worker_offline_keep_it_down() -> None:
+    """Task events a worker sends after worker-offline (warm shutdown) do not bring it back up."""
+    state, _ = make()
+    state.handle_batch([heartbeat(), received("u1"), started("u1")])
+    state.handle_batch([worker_event("offline"), succeeded("u1", 0.5)])
+    snap = state.snapshot()
+    assert snap.workers[W1][0] is False
+    assert counts(snap, "succeeded") == {ADD: 1}
+    state.handle(heartbeat())
+    assert state.snapshot().workers[W1][0] is True
