@@ -70,6 +70,17 @@ class HealthCollector(Collector):
             "Times the broker connection was lost and the exporter reconnected or tried to.",
             value=view.reconnects,
         )
+        yield CounterMetricFamily(
+            "celery_exporter_event_stream_gaps",
+            "Times a live event subscription was cut (events published until it was back are lost).",
+            value=view.gaps,
+        )
+        if view.last_gap is not None:
+            yield GaugeMetricFamily(
+                "celery_exporter_event_stream_last_gap_timestamp_seconds",
+                "When the event subscription was last cut.",
+                value=view.last_gap,
+            )
 
 
 def task_families(snap: Snapshot) -> Iterator[Metric]:

@@ -18,11 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import redis_stream
 from .health import Health
 from .log import get_logger
 from .redact import mask_url
 from .state import ClusterState
-from .wire import MalformedMessage, decode_body
+from .wire import MalformedMessage, decode_body, decode_envelope
 
 log = get_logger(__name__)
 
@@ -105,7 +106,11 @@ class SilenceWatch:
 
 
 class EventConsumer:
-    """Consumes the event stream into a :class:`ClusterState` until stopped."""
+    """Consumes the event stream into a :class:`ClusterState` until stopped.
+
+    ``redis://`` and ``rediss://`` brokers are read straight from pub/sub
+    (:mod:`celery_exporter.redis_stream`); every other transport goes through kombu.
+    """
 
     def __init__(
         self,
@@ -125,7 +130,9 @@ class EventConsumer:
         self.monotonic = monotonic
         self.backoff = Backoff()
         self.silence = SilenceWatch(state)
+        self.fast_path = redis_stream.supports(broker.url)
         self._last_logged: dict[str, float] = {}
+        self._next_enable = 0.0
         self._app: Any = None
         self._thread: threading.Thread | None = None
 
@@ -143,31 +150,90 @@ class EventConsumer:
         """Connect, consume, and on any failure back off and reconnect, until ``stop`` is set."""
         while not stop.is_set():
             try:
-                self._consume(stop)
+                if self.fast_path:
+                    self._consume_redis(stop)
+                else:
+                    self._consume_kombu(stop)
             except Exception as exc:
-                reason = f"broker connection failed: {type(exc).__name__}: {exc}"
-                self.health.disconnected(mask_url(reason))
-                delay = self.backoff.next()
-                log.warning(
-                    "broker_unavailable",
-                    broker=self.broker.safe_url,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in=round(delay, 1),
-                )
-                stop.wait(delay)
+                self._lost(exc, stop)
         self.health.stopped()
 
-    def _consume(self, stop: threading.Event) -> None:
+    def _lost(self, exc: Exception, stop: threading.Event) -> None:
+        error = mask_url(f"{type(exc).__name__}: {exc}")
+        was_up = self.health.view().broker_up
+        self.health.disconnected(f"broker connection failed: {error}")
+        if was_up:
+            # The subscription was live: whatever was published until we re-subscribe is lost.
+            self.health.gap(time.time())
+            self.backoff.reset()
+            log.warning(
+                "event_stream_gap", broker=self.broker.safe_url, error=error,
+                hint="events published while disconnected are lost; if Redis dropped a slow "
+                "subscriber, raise client-output-buffer-limit pubsub (see README)",
+            )  # fmt: skip
+            return  # reconnect at once
+        delay = self.backoff.next()
+        log.warning("broker_unavailable", broker=self.broker.safe_url, error=error,
+                    retry_in=round(delay, 1))  # fmt: skip
+        stop.wait(delay)
+
+    def _connected(self, transport: str) -> None:
+        self.health.connected()
+        self.backoff.reset()
+        self._next_enable = self.monotonic()
+        log.info("consuming_events", broker=self.broker.safe_url, transport=transport)
+
+    def _tick(self) -> None:
+        """Periodic work between reads: enable_events broadcasts and the silence warning."""
+        now = self.monotonic()
+        if self.enable_events and now >= self._next_enable:
+            self._next_enable = now + self.enable_events_interval
+            self._broadcast_enable_events()
+        if self.silence.check(now):
+            log.warning(
+                "no_task_events",
+                message="workers are running tasks (per their heartbeats) but send no task "
+                "events: start workers with -E, or leave --enable-events on and check the "
+                "exporter may broadcast to them",
+            )
+
+    def _consume_redis(self, stop: threading.Event) -> None:
+        where = redis_stream.target(
+            self.broker.url, self.broker.transport_options, self.broker.ssl_options
+        )
+        subscription = redis_stream.EventSubscription(where)
+        try:
+            pending = subscription.open()
+            self._connected("redis pub/sub")
+            self._ingest_envelopes(pending)
+            while not stop.is_set():
+                self._tick()
+                self._ingest_envelopes(subscription.read(POLL_SECONDS))
+        finally:
+            subscription.close()
+
+    def _ingest_envelopes(self, payloads: list[bytes]) -> None:
+        if not payloads:
+            return
+        events: list[dict[str, Any]] = []
+        for payload in payloads:
+            try:
+                events += decode_envelope(payload)
+            except MalformedMessage as exc:
+                self._malformed(exc.reason, exc.detail)
+        if events:
+            self.state.handle_batch(events)
+
+    def _consume_kombu(self, stop: threading.Event) -> None:
         from celery.events.event import get_exchange
         from kombu import Consumer, Queue
 
         with self.broker.connection() as conn:
             conn.ensure_connection(max_retries=1)
-            exchange = get_exchange(conn)
             amqp = conn.transport.driver_type == "amqp"
             queue = Queue(
                 f"celeryev.exporter.{uuid.uuid4()}",
-                exchange=exchange,
+                exchange=get_exchange(conn),
                 routing_key="#",
                 auto_delete=True,
                 durable=False,
@@ -175,42 +241,29 @@ class EventConsumer:
                 message_ttl=5.0 if amqp else None,
                 expires=60.0 if amqp else None,
             )
-            channel = conn.channel()
-            consumer = Consumer(channel, queues=[queue], on_message=self._on_message, no_ack=True)
+            consumer = Consumer(
+                conn.channel(), queues=[queue], on_message=self._on_message, no_ack=True
+            )
             with consumer:
-                self.health.connected()
-                self.backoff.reset()
-                log.info(
-                    "consuming_events", broker=self.broker.safe_url, transport=conn.transport_cls
-                )
-                next_enable = self.monotonic()
+                self._connected(conn.transport_cls)
                 while not stop.is_set():
-                    now = self.monotonic()
-                    if self.enable_events and now >= next_enable:
-                        self._broadcast_enable_events(conn)
-                        next_enable = now + self.enable_events_interval
-                    if self.silence.check(now):
-                        log.warning(
-                            "no_task_events",
-                            message="workers are running tasks (per their heartbeats) but send no "
-                            "task events: start workers with -E, or leave --enable-events on and "
-                            "check the exporter may broadcast to them",
-                        )
+                    self._tick()
                     with contextlib.suppress(TimeoutError):
                         conn.drain_events(timeout=POLL_SECONDS)
 
-    def _broadcast_enable_events(self, conn: Any) -> None:
+    def _broadcast_enable_events(self) -> None:
         from celery import Celery
 
         try:
             if self._app is None:
                 self._app = Celery("celery-exporter", broker=self.broker.url, set_as_current=False)
-            self._app.control.enable_events(connection=conn)
+                self._app.conf.broker_transport_options = dict(self.broker.transport_options)
+                self._app.conf.broker_use_ssl = dict(self.broker.ssl_options) or None
+            with self.broker.connection() as conn:
+                self._app.control.enable_events(connection=conn)
             log.debug("enable_events_sent")
         except Exception as exc:
-            if isinstance(exc, tuple(conn.connection_errors)):
-                raise
-            log.warning("enable_events_failed", error=f"{type(exc).__name__}: {exc}")
+            log.warning("enable_events_failed", error=mask_url(f"{type(exc).__name__}: {exc}"))
 
     def _on_message(self, message: Any) -> None:
         try:
@@ -218,10 +271,7 @@ class EventConsumer:
         except MalformedMessage as exc:
             self._malformed(exc.reason, exc.detail)
             return
-        try:
-            self.state.handle_batch(events)
-        except Exception as exc:
-            self._malformed("schema", f"{type(exc).__name__}: {exc}")
+        self.state.handle_batch(events)
 
     def _malformed(self, reason: str, detail: str) -> None:
         self.state.count_malformed(reason)

@@ -15,6 +15,8 @@ class HealthView:
     consuming: bool
     reconnects: int
     reason: str
+    gaps: int = 0
+    last_gap: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -31,6 +33,8 @@ class Health:
         self._consuming = False
         self._reconnects = 0
         self._reason = "not connected to the broker yet"
+        self._gaps = 0
+        self._last_gap: float | None = None
         self.started = time.time()
 
     def connected(self) -> None:
@@ -47,6 +51,12 @@ class Health:
             self._broker_up = self._consuming = False
             self._reason = reason
 
+    def gap(self, when: float) -> None:
+        """Record that a live event subscription was cut: events were lost until it is back."""
+        with self._lock:
+            self._gaps += 1
+            self._last_gap = when
+
     def stopped(self) -> None:
         """Record that the consumer has stopped for good."""
         with self._lock:
@@ -56,4 +66,7 @@ class Health:
     def view(self) -> HealthView:
         """Return the current condition."""
         with self._lock:
-            return HealthView(self._broker_up, self._consuming, self._reconnects, self._reason)
+            return HealthView(
+                self._broker_up, self._consuming, self._reconnects, self._reason, self._gaps,
+                self._last_gap,
+            )  # fmt: skip

@@ -20,12 +20,15 @@ import uuid as uuidlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
+
 Event = dict[str, Any]
 
 #: Every value the ``reason`` of a :class:`MalformedMessage` can take.
 MALFORMED_REASONS = ("envelope", "content_type", "encoding", "json", "schema")
 
 _JSON_TYPES = frozenset({"application/json", "application/x-json", "json"})
+_ENCODINGS = frozenset({"utf-8", "utf8", "binary"})
 
 
 class MalformedMessage(ValueError):
@@ -43,21 +46,21 @@ def decode_body(
     """Decode a kombu message body into the list of events it carries."""
     if content_type is not None and content_type not in _JSON_TYPES:
         raise MalformedMessage("content_type", f"unsupported content type {content_type[:64]!r}")
-    if isinstance(body, bytes):
-        encoding = content_encoding or "utf-8"
-        if encoding.lower() not in ("utf-8", "utf8", "binary"):
-            raise MalformedMessage("encoding", f"unsupported content encoding {encoding[:64]!r}")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedMessage("encoding", f"body is not UTF-8: {exc.reason}") from None
-    else:
-        text = body
+    if content_encoding is not None and content_encoding.lower() not in _ENCODINGS:
+        raise MalformedMessage(
+            "encoding", f"unsupported content encoding {content_encoding[:64]!r}"
+        )
+    return events_from_payload(_loads(body, "body"))
+
+
+def _loads(data: bytes | str, what: str) -> Any:
     try:
-        payload = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedMessage("json", f"body is not JSON: {str(exc)[:120]}") from None
-    return events_from_payload(payload)
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "UTF-8" in str(exc) or "surrogates" in str(exc):
+            raise MalformedMessage("encoding", f"{what} is not UTF-8") from None
+        reason = "envelope" if what == "envelope" else "json"
+        raise MalformedMessage(reason, f"{what} is not JSON: {str(exc)[:120]}") from None
 
 
 def events_from_payload(payload: Any) -> list[Event]:
@@ -76,10 +79,7 @@ def events_from_payload(payload: Any) -> list[Event]:
 
 def decode_envelope(data: bytes | str) -> list[Event]:
     """Decode a kombu Redis pub/sub envelope into the list of events its body carries."""
-    try:
-        envelope = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedMessage("envelope", f"envelope is not JSON: {str(exc)[:120]}") from None
+    envelope = _loads(data, "envelope")
     if not isinstance(envelope, dict):
         raise MalformedMessage("envelope", "envelope is not a JSON object")
     body = envelope.get("body")

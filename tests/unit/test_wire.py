@@ -88,7 +88,7 @@ BAD_INPUTS = [
     ("encoding", envelope("!!!not base64!!!"), "body is not valid base64"),
     ("encoding", envelope("e3!0="), "body is not valid base64"),
     ("encoding", envelope("e30=", body_encoding="gzip"), "unsupported body encoding 'gzip'"),
-    ("encoding", envelope(b64(b'{"type": "\xff\xfe"}')), "body is not UTF-8: invalid start byte"),
+    ("encoding", envelope(b64(b'{"type": "\xff\xfe"}')), "body is not UTF-8"),
     (
         "encoding",
         envelope(b64(b"{}"), **{"content-encoding": "latin-1"}),
