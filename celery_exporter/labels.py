@@ -13,6 +13,8 @@ UNKNOWN = "unknown"
 MAX_VALUE_LENGTH = 200
 
 _EXCEPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_REPR_CLASS = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)\(")
+_TRACEBACK_CLASS = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)(?::|$)")
 
 
 class LabelCap:
@@ -54,24 +56,26 @@ def clean(value: Any) -> str:
 def exception_name(exception: Any, traceback: Any) -> str:
     """Return the exception class name from a task event's ``exception`` and ``traceback``.
 
-    Workers send the exception's repr, e.g. ``ValueError('bad')``. A prefork pool reports a hard
-    time limit as ``ExceptionWithTraceback()``: then the class is on the traceback's last line.
+    Workers send the exception's repr, e.g. ``ValueError('bad')``; when it is not of that form
+    (``ExceptionWithTraceback()`` for a hard time limit, or a custom ``__repr__`` such as
+    Reject's ``reject requeue=False: ...``) the class is taken from the traceback's last line.
     """
-    name = _class_from_repr(exception)
+    text = exception.strip() if isinstance(exception, str) else ""
+    match = _REPR_CLASS.match(text)
+    name = _last_part(match.group(1)) if match else ""
     if name in ("", "ExceptionWithTraceback") and isinstance(traceback, str):
         name = _class_from_traceback(traceback) or name
+    if not name:
+        match = _EXCEPTION_NAME.match(text)
+        name = _last_part(match.group(0)) if match else ""
     return name or UNKNOWN
 
 
-def _class_from_repr(exception: Any) -> str:
-    if not isinstance(exception, str):
-        return ""
-    match = _EXCEPTION_NAME.match(exception.strip())
-    return str(match.group(0)).rsplit(".", 1)[-1] if match else ""
+def _last_part(dotted: str) -> str:
+    return str(dotted).rsplit(".", 1)[-1]
 
 
 def _class_from_traceback(traceback: str) -> str:
-    tail = traceback[-2000:].rstrip()
-    last = tail.rsplit("\n", 1)[-1].strip()
-    match = _EXCEPTION_NAME.match(last)
-    return str(match.group(0)).rsplit(".", 1)[-1] if match else ""
+    last = traceback[-2000:].rstrip().rsplit("\n", 1)[-1].strip()
+    match = _TRACEBACK_CLASS.match(last)
+    return _last_part(match.group(1)) if match else ""

@@ -294,22 +294,46 @@ class ClusterState:
         uuid = _uuid(event)
         task = self.tasks.get(uuid)
         queue = event.get("queue") or event.get("routing_key")
+        sent = _timestamp(event, now)
+        eta = _eta(event.get("eta"))
         if task is None:
+            done = self.finished.get(uuid)
+            if done is not None:
+                # Producers publish task-sent after the task itself: a short task can finish
+                # first. Count it under the labels the task ran with, and do not track it again.
+                self._late_sent(done[1], sent, eta, queue)
+                return
             task = self._track(
                 uuid,
                 self.names(event.get("name")),
                 self.queues(queue or self.settings.default_queue),
             )
+        elif task.step == _STARTED and task.started is not None and sent <= task.started:
+            self._late_sent(task, sent, eta, queue)
+            return
         elif queue:
             task.queue = self.queues(queue)
-        task.sent = _timestamp(event, now)
-        task.eta = _eta(event.get("eta"))
-        key = task.key
+        task.sent = sent
+        task.eta = eta
+        running_key = task.key
         self._count("sent", task, "")
         if task.step == _STARTED:
-            # task-sent arrived after task-started: the running gauge holds the task under the
-            # key it started with, and must find it there when the task leaves that step.
-            task.key = key
+            # A retry's new message, sent while the current run still holds the running gauge.
+            task.key = running_key
+
+    def _late_sent(self, task: _Task, sent: float, eta: float | None, queue: Any) -> None:
+        """Count a task-sent that arrived after its task started; it still tells the queue."""
+        running_key = task.key
+        if queue:
+            task.queue = self.queues(queue)
+        self._count("sent", task, "")
+        task.key = running_key
+        task.sent = sent
+        if task.started is not None:
+            ready = sent if eta is None or eta < sent else eta
+            wait = max(task.started - ready, 0.0)
+            key = self._key(task, task.host)
+            self._observe(self.queue_wait, key, wait, self.settings.wait_buckets)
 
     def _on_received(self, event: dict[str, Any], now: float) -> None:
         uuid = _uuid(event)
@@ -469,11 +493,14 @@ class ClusterState:
             return self.queues(queues[0])
         return self.queues(self.settings.default_queue)
 
+    def _key(self, task: _Task, host: str) -> LabelKey:
+        """The task labels: name, queue and, with worker_label, the worker."""
+        if self.settings.worker_label:
+            return (task.name, task.queue, host)
+        return (task.name, task.queue)
+
     def _count(self, kind: str, task: _Task, host: str, *extra: str) -> LabelKey:
-        key: LabelKey = (
-            (task.name, task.queue, host) if self.settings.worker_label else (task.name, task.queue)
-        )
-        task.key = key
+        key = task.key = self._key(task, host)
         counter = self.counters[kind]
         ckey = (*key, *extra) if extra else key
         counter[ckey] = counter.get(ckey, 0) + 1
@@ -548,17 +575,29 @@ class ClusterState:
         self.finished[uuid] = ({etype}, task)
 
     def _requeue(self, event: dict[str, Any], now: float) -> _Task:
-        """Put a task back to waiting (retried, requeued, cancelled): it keeps its labels."""
+        """Put a task back to waiting (retried, requeued, cancelled): it keeps its labels.
+
+        A retry publishes its new message (and task-sent) before task-retried, so the new
+        task-sent or task-received may already be in: what came after the last start is kept.
+        """
         uuid = _uuid(event)
         host = self.hostnames(event.get("hostname"))
         self._seen(host, now)
         task = self.tasks.get(uuid)
         if task is None:
             task = self._track(uuid, self.names(event.get("name")), self._queue_of(host))
-        else:
+            task.host = host
+            return task
+        last_start = task.started
+        if last_start is None or task.received is None or task.received <= last_start:
             self._leave_step(task)
-        task.host = host
-        task.received = task.started = task.sent = task.eta = None
+            task.received = None
+            task.host = host
+        if last_start is None or task.sent is None or task.sent <= last_start:
+            task.sent = None
+        if task.sent is None and task.received is None:
+            task.eta = None
+        task.started = None
         return task
 
     def _release_tasks_of(self, host: str) -> None:

@@ -132,12 +132,12 @@ def scrape(url: str, timeout: float = 5.0) -> dict[Sample, float]:
     return parse_metrics(body.decode())
 
 
-def value(samples: Mapping[Sample, float], name: str, **labels: str) -> float:
+def value(samples: Mapping[Sample, float], name: str, /, **labels: str) -> float:
     """The value of one sample, or 0 when it is absent."""
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def total(samples: Mapping[Sample, float], name: str, **labels: str) -> float:
+def total(samples: Mapping[Sample, float], name: str, /, **labels: str) -> float:
     """The sum of every sample named ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, lbls), v in samples.items() if n == name and wanted <= lbls)

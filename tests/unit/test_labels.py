@@ -101,3 +101,13 @@ def test_label_cap_cleans_values() -> None:
 def test_clean(value: Any, expected: str) -> None:
     """clean() maps None/empty to 'unknown', stringifies, and truncates to 200 characters."""
     assert clean(value) == expected
+
+
+def test_exception_name_of_a_custom_repr_comes_from_the_traceback() -> None:
+    """Reject's custom repr ('reject requeue=False: ...') is named by the traceback's class."""
+    traceback = (
+        "Traceback (most recent call last):\n  ...\n"
+        "celery.exceptions.Reject: reject requeue=False: not wanted\n"
+    )
+    assert exception_name("reject requeue=False: not wanted", traceback) == "Reject"
+    assert exception_name("reject requeue=False: not wanted", None) == "reject"

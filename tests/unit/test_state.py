@@ -952,3 +952,47 @@ def test_task_events_after_worker_offline_keep_it_down() -> None:
     assert counts(snap, "succeeded") == {ADD: 1}
     state.handle(heartbeat())
     assert state.snapshot().workers[W1][0] is True
+
+
+def test_retry_keeps_the_new_runs_sent_and_received() -> None:
+    """A retry's own task-sent and task-received, arriving before task-retried, time its 2nd run."""
+    state, _ = make()
+    state.handle_batch([received("u1", at=T0), started("u1", at=T0 + 1)])
+    state.handle(sent("u1", at=T0 + 1.5, eta=iso(T0 + 2)))
+    state.handle_batch(
+        [
+            received("u1", at=T0 + 1.6, eta=iso(T0 + 2), retries=1),
+            retried("u1", "KeyError('k')", at=T0 + 1.7),
+            started("u1", at=T0 + 2.5),
+            succeeded("u1", 0.1, at=T0 + 2.6),
+        ]
+    )
+    snap = state.snapshot()
+    assert sum(snap.queue_wait[ADD].counts) == 1
+    assert snap.queue_wait[ADD].total == 0.5
+    assert sum(snap.prefetch_wait[ADD].counts) == 2
+    assert snap.prefetch_wait[ADD].total == 1.5
+    assert busy_reserved(snap, W1) == (0, 0)
+    assert snap.tracked_tasks == 0
+
+
+def test_task_sent_after_start_observes_queue_wait() -> None:
+    """A task-sent that arrives after task-started still gives the task's queue wait."""
+    state, _ = make()
+    state.handle_batch([received("u1", at=T0), started("u1", at=T0 + 1)])
+    state.handle(sent("u1", at=T0 - 0.5))
+    snap = state.snapshot()
+    assert sum(snap.queue_wait[ADD].counts) == 1
+    assert snap.queue_wait[ADD].total == 1.5
+    assert counts(snap, "sent") == {ADD: 1}
+
+
+def test_task_sent_after_finish_is_counted_and_not_tracked() -> None:
+    """A task-sent that arrives after its task finished is counted without tracking the task."""
+    state, _ = make()
+    state.handle_batch([received("u1", at=T0), started("u1", at=T0 + 1), succeeded("u1", 0.2)])
+    state.handle(sent("u1", at=T0 - 1))
+    snap = state.snapshot()
+    assert snap.tracked_tasks == 0
+    assert counts(snap, "sent") == {ADD: 1}
+    assert snap.queue_wait[ADD].total == 2.0

@@ -1,0 +1,86 @@
+"""The Celery app the integration tests run in real workers.
+
+The broker URL comes from the ``CELERY_EXPORTER_TEST_BROKER`` environment variable, so the test
+process (which sends tasks) and the worker processes (which run them) share one private Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+from celery.exceptions import Reject
+
+BROKER_ENV = "CELERY_EXPORTER_TEST_BROKER"
+
+app = Celery("taskapp", broker=os.environ.get(BROKER_ENV, "redis://127.0.0.1:1/0"))
+app.conf.update(
+    task_send_sent_event=True,
+    worker_send_task_events=True,
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    worker_hijack_root_logger=False,
+)
+
+#: Seconds the retried task waits before its second run.
+RETRY_COUNTDOWN = 0.5
+#: How long the soft-time-limit task may run before SoftTimeLimitExceeded is raised in it.
+SOFT_LIMIT = 0.5
+
+
+@app.task(name="taskapp.succeed")
+def succeed(x: int = 1) -> int:
+    """Return its argument."""
+    return x
+
+
+@app.task(name="taskapp.sleep")
+def sleep(seconds: float) -> None:
+    """Sleep, to be seen running."""
+    time.sleep(seconds)
+
+
+@app.task(name="taskapp.fail_value")
+def fail_value() -> None:
+    """Raise ValueError."""
+    raise ValueError("bad value")
+
+
+@app.task(name="taskapp.fail_key")
+def fail_key() -> None:
+    """Raise KeyError."""
+    raise KeyError("missing")
+
+
+@app.task(name="taskapp.retry_once", bind=True, max_retries=3)
+def retry_once(self: object) -> str:
+    """Ask for one retry on the first run, succeed on the second."""
+    request = self.request  # type: ignore[attr-defined]
+    if request.retries == 0:
+        raise self.retry(exc=RuntimeError("try again"), countdown=RETRY_COUNTDOWN)  # type: ignore[attr-defined]
+    return "done"
+
+
+@app.task(name="taskapp.soft_timeout", soft_time_limit=SOFT_LIMIT)
+def soft_timeout() -> None:
+    """Sleep past the soft time limit without catching SoftTimeLimitExceeded."""
+    time.sleep(5)
+
+
+@app.task(name="taskapp.hard_timeout", time_limit=1)
+def hard_timeout() -> None:
+    """Sleep past the hard time limit, so the pool kills the process running it."""
+    time.sleep(5)
+
+
+@app.task(name="taskapp.revoked")
+def revoked() -> None:
+    """Never meant to run: sent with a countdown and revoked before it is due."""
+
+
+@app.task(name="taskapp.reject", acks_late=True)
+def reject() -> None:
+    """Reject the message without requeueing it."""
+    raise Reject("not wanted", requeue=False)

@@ -1,0 +1,66 @@
+"""A worker that dies without saying goodbye is reported down once its heartbeats stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celery_exporter.testing import RedisServer, value, wait_for
+from tests.integration.conftest import (
+    ExporterProcess,
+    WorkerProcess,
+    group_alive,
+    wait_worker_up,
+)
+
+pytestmark = pytest.mark.integration
+
+#: Celery's default heartbeat interval; the exporter's default timeout is three of them.
+HEARTBEAT_SECONDS = 2.0
+#: Room for a scrape, a late heartbeat and a busy machine.
+SLACK_SECONDS = 4.0
+
+
+@pytest.fixture
+def victim(
+    redis_server: RedisServer, exporter: ExporterProcess, logdir: Path
+) -> Iterator[WorkerProcess]:
+    """A second worker, on a queue of its own so it takes none of the other tests' tasks."""
+    proc = WorkerProcess(redis_server.url(), "victim", logdir, queues=("victim",)).start()
+    try:
+        wait_worker_up(exporter, proc)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_killed_worker_goes_down(exporter: ExporterProcess, victim: WorkerProcess) -> None:
+    """kill -9 of a worker's main process turns celery_worker_up to 0 within 3 heartbeats."""
+    host = victim.nodename
+    assert value(exporter.metrics(), "celery_worker_up", hostname=host) == 1
+    children = [pid for pid in group_alive(victim.pid) if pid != victim.pid]
+    assert len(children) >= 2, f"expected 2 pool processes, found {children}"
+
+    os.kill(victim.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(
+        lambda: value(exporter.metrics(), "celery_worker_up", hostname=host) == 0,
+        3 * HEARTBEAT_SECONDS + SLACK_SECONDS,
+        0.2,
+        f"celery_worker_up{{hostname={host!r}}} to be 0",
+    )
+    assert time.monotonic() - killed <= 3 * HEARTBEAT_SECONDS + SLACK_SECONDS
+    after = exporter.metrics()
+    # The series stays (until --worker-purge-after) and its gauges read 0.
+    assert ("celery_worker_up", frozenset({("hostname", host)})) in after
+    assert value(after, "celery_worker_pool_busy", hostname=host) == 0
+
+    # The orphaned pool processes see their parent gone and exit; none is left in the group.
+    wait_for(lambda: not group_alive(victim.pid), 15, 0.1, f"pool processes {children} to exit")
+    victim.kill_group()
+    assert group_alive(victim.pid) == []
