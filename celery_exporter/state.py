@@ -686,6 +686,24 @@ class ClusterState:
             for key in [k for k in table if k[2] == host]:
                 del table[key]
 
+    # -- for the broker and worker collectors ------------------------------------------------
+
+    def set_worker_queues(self, host: str, queues: Iterable[str]) -> None:
+        """Record the queues a worker consumes (used to attribute its tasks to a queue)."""
+        with self.lock:
+            self.worker_queues[host] = tuple(queues)
+
+    def sent_timestamp(self, uuid: str) -> float | None:
+        """When the task-sent of a task still waiting or running was sent, if it was seen."""
+        with self.lock:
+            task = self.tasks.get(uuid)
+            return task.sent if task is not None else None
+
+    def sent_queues(self) -> set[str]:
+        """The queue names task-sent events have named."""
+        with self.lock:
+            return {key[1] for key in self.counters["sent"]}
+
     def heartbeat_summary(self) -> Mapping[str, int]:
         """Sum of ``active`` and ``processed`` over the workers, to tell if tasks run unseen."""
         with self.lock:

@@ -6,11 +6,15 @@ free loopback ports and reads ``/metrics`` into plain dicts.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +26,12 @@ from prometheus_client.parser import text_string_to_metric_families
 T = TypeVar("T")
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
+RABBITMQ_MISSING = (
+    "rabbitmq-server was not found. Install it (Debian/Ubuntu: sudo apt-get install "
+    "rabbitmq-server), or run 'make test', which installs it."
+)
+#: Where Debian keeps the real rabbitmq-server script (/usr/sbin's switches to the rabbitmq user).
+RABBITMQ_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/rabbitmq-server")
 REDIS_MISSING = (
     "redis-server was not found on PATH. Install it (Debian/Ubuntu: sudo apt-get install "
     "redis-server; macOS: brew install redis), or run 'make test' / 'make demo', which install it."
@@ -97,6 +107,99 @@ class RedisServer:
         self.process = None
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RabbitMQServer:
+    """A private RabbitMQ node with the management plugin, on free loopback ports."""
+
+    def __init__(self) -> None:
+        found = [os.environ.get("RABBITMQ_SERVER", ""), *RABBITMQ_SCRIPTS]
+        script = next((p for p in found if p and os.access(p, os.X_OK)), None)
+        if script is None:
+            raise RuntimeError(RABBITMQ_MISSING)
+        self.script = script
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.management_port = free_port()
+        self.dist_port = free_port()
+        self.node = f"celery-exporter-{self.port}@localhost"
+        self.dir = Path(tempfile.mkdtemp(prefix="celery-exporter-rabbitmq-"))
+        (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (self.dir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {self.host}:{self.port}\n"
+            f"management.tcp.ip = {self.host}\n"
+            f"management.tcp.port = {self.management_port}\n"
+            "loopback_users = none\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, vhost: str = "/") -> str:
+        """The broker URL (user and password guest)."""
+        return f"amqp://guest:guest@{self.host}:{self.port}/{urllib.parse.quote(vhost, safe='')}"
+
+    @property
+    def management_url(self) -> str:
+        """The management API's base URL."""
+        return f"http://{self.host}:{self.management_port}"
+
+    def start(self, timeout: float = 90.0) -> RabbitMQServer:
+        """Start the node (again, on the same ports) and wait until AMQP and the API answer."""
+        env = {
+            **os.environ,
+            "HOME": str(self.dir),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_PID_FILE": str(self.dir / "pid"),
+        }
+        log = (self.dir / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [self.script], env=env, stdout=log, stderr=log, start_new_session=True
+        )
+        wait_for(self.ready, timeout=timeout, interval=0.25, what=f"RabbitMQ on {self.port}")
+        return self
+
+    def ready(self) -> bool:
+        """Whether AMQP accepts connections and the management API answers."""
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"rabbitmq-server exited; see {self.dir / 'server.log'}")
+        try:
+            socket.create_connection((self.host, self.port), timeout=0.5).close()
+            request = urllib.request.Request(f"{self.management_url}/api/overview")
+            request.add_header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")  # guest:guest
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return int(response.status) == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop the node and everything it started, and wait for them."""
+        if self.process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process = None
+
+    def __enter__(self) -> RabbitMQServer:
         return self.start()
 
     def __exit__(

@@ -996,3 +996,15 @@ def test_task_sent_after_finish_is_counted_and_not_tracked() -> None:
     assert snap.tracked_tasks == 0
     assert counts(snap, "sent") == {ADD: 1}
     assert snap.queue_wait[ADD].total == 2.0
+
+
+def test_collector_accessors() -> None:
+    """Worker queues steer attribution; sent timestamps and sent queues are readable."""
+    state, _ = make()
+    state.set_worker_queues(W1, ["images"])
+    state.handle_batch([sent("u1", queue="mail", at=T0 - 2), received("u2", at=T0)])
+    assert state.sent_timestamp("u1") == T0 - 2
+    assert state.sent_timestamp("u2") is None
+    assert state.sent_timestamp("nope") is None
+    assert state.sent_queues() == {"mail"}
+    assert counts(state.snapshot(), "received") == {("app.add", "images"): 1}
