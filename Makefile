@@ -52,8 +52,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP) ## Create .venv and install the package with its dev tools
 
-system-deps: ## Install the system packages the tests and the demo run (redis-server)
+system-deps: ## Install the system packages the tests and the demo run (redis-server, rabbitmq-server)
 	$(call ensure-command,redis-server,redis-server)
+	@# Debian puts rabbitmq-server in /usr/sbin, often not on a user's PATH: name it in full.
+	$(call ensure-command,/usr/sbin/rabbitmq-server,rabbitmq-server)
 
 lint: install ## ruff check, ruff format --check, mypy (package, then demo/)
 	$(BIN)/ruff check .
