@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import psutil
 import redis
@@ -116,7 +116,9 @@ class _Attempt:
 
 
 @dataclass
-class _Worker:
+class Worker:
+    """A simulated worker: its event buffer, the tasks it runs and those waiting for it."""
+
     hostname: str
     pid: int
     next_heartbeat: float
@@ -157,7 +159,8 @@ class TrafficBuilder:
     dispatcher; heartbeats leave on ``worker.heartbeat`` every ``heartbeat_every`` simulated
     seconds. A retried task comes back 1 to 5 s later (with ``retries`` and ``eta``) on any
     worker and then succeeds. Timestamps advance ``sim_rate`` events per simulated second and end
-    about now.
+    about now. ``build`` records a burst; ``start`` and ``step`` run it event by event instead
+    (soak.py does, without end).
     """
 
     def __init__(
@@ -182,50 +185,66 @@ class TrafficBuilder:
         self.sim_rate = sim_rate
         self.heartbeat_every = heartbeat_every
         self.workers = [
-            _Worker(f"celery@worker-{n}", 1000 + 7 * n, next_heartbeat=n * 0.2)
+            Worker(f"celery@worker-{n}", 1000 + 7 * n, next_heartbeat=n * 0.2)
             for n in range(1, workers + 1)
         ]
         self.producers = [(f"gen{2000 + n}@web-{n}", 2000 + n) for n in range(1, 4)]
         self.delayed: list[tuple[float, int, _Attempt]] = []  # heap of retries by ETA
         self.last_uuid: str | None = None
+        self.started = 0  # tasks started so far
         self.clock = 0
         self.now = 0.0
         self.traffic = Traffic()
 
     def build(self, target_events: int) -> Traffic:
         """Record traffic until at least ``target_events`` events, every task run to its end."""
-        rng, started = self.rng, 0
-        self.now = time.time() - target_events / self.sim_rate
-        for worker in self.workers:
-            worker.next_heartbeat += self.now
-        while True:
-            self.now += rng.expovariate(self.sim_rate)
-            while self.delayed and self.delayed[0][0] <= self.now:
-                attempt = heapq.heappop(self.delayed)[2]
-                rng.choice(self.workers).backlog.append(attempt)
-            self._heartbeats()
-            in_flight = sum(len(w.active) + len(w.backlog) for w in self.workers)
-            more = self.traffic.events + 3 * (in_flight + len(self.delayed)) < target_events
-            busy = [w for w in self.workers if w.active or w.backlog]
-            if not more and not busy:
-                if not self.delayed:
-                    break
-                self.now = max(self.now, self.delayed[0][0])
-                continue
-            worker = rng.choice(self.workers if more else busy)
-            can_start = len(worker.active) < self.concurrency and (worker.backlog or more)
-            if can_start and (not worker.active or rng.random() < 0.5):
-                if worker.backlog:
-                    attempt = worker.backlog.popleft()
-                else:
-                    attempt, started = self._new_task(started), started + 1
-                worker.active.append(attempt)
-                self._advance(worker, attempt)
-            elif worker.active:
-                self._advance(worker, rng.choice(worker.active))
+        self.start(time.time() - target_events / self.sim_rate)
+        while self.step(target_events):
+            pass
         for worker in self.workers:
             self._flush(worker)
         return self.traffic
+
+    def start(self, now: float) -> None:
+        """Set the simulated clock; the workers' first heartbeats fall due from then on."""
+        self.now = now
+        for worker in self.workers:
+            worker.next_heartbeat += now
+
+    def step(self, target_events: int | None) -> bool:
+        """Advance the simulation by one task event, and any heartbeats and retries due.
+
+        Starts new tasks while fewer than ``target_events`` events (counting those the tasks in
+        flight will send) are recorded, always when it is None; False once all tasks are done.
+        """
+        rng = self.rng
+        self.now += rng.expovariate(self.sim_rate)
+        while self.delayed and self.delayed[0][0] <= self.now:
+            attempt = heapq.heappop(self.delayed)[2]
+            rng.choice(self.workers).backlog.append(attempt)
+        self._heartbeats()
+        more = True
+        if target_events is not None:
+            in_flight = sum(len(w.active) + len(w.backlog) for w in self.workers)
+            more = self.traffic.events + 3 * (in_flight + len(self.delayed)) < target_events
+        busy = [w for w in self.workers if w.active or w.backlog]
+        if not more and not busy:
+            if not self.delayed:
+                return False
+            self.now = max(self.now, self.delayed[0][0])
+            return True
+        worker = rng.choice(self.workers if more else busy)
+        can_start = len(worker.active) < self.concurrency and (worker.backlog or more)
+        if can_start and (not worker.active or rng.random() < 0.5):
+            if worker.backlog:
+                attempt = worker.backlog.popleft()
+            else:
+                attempt, self.started = self._new_task(self.started), self.started + 1
+            worker.active.append(attempt)
+            self._advance(worker, attempt)
+        elif worker.active:
+            self._advance(worker, rng.choice(worker.active))
+        return True
 
     def _new_task(self, n: int) -> _Attempt:
         rng = self.rng
@@ -242,7 +261,7 @@ class TrafficBuilder:
         attempt = _Attempt(
             task_id,
             {
-                "name": TASK_NAMES[rng.randrange(len(TASK_NAMES))],
+                "name": self._task_name(),
                 "args": f"({rng.randrange(1, 10**6)}, 'acct-{rng.randrange(10**4):04d}')",
                 "kwargs": "{'priority': 3}" if rng.random() < 0.3 else "{}",
                 "root_id": parent or task_id,
@@ -257,6 +276,10 @@ class TrafficBuilder:
             self._sent(attempt, *self.producers[rng.randrange(len(self.producers))])
         return attempt
 
+    def _task_name(self) -> str:
+        """The name of a new task."""
+        return TASK_NAMES[self.rng.randrange(len(TASK_NAMES))]
+
     def _event(self, host: str, pid: int, etype: str, fields: Event) -> Event:
         """An event with the fields and field order of Celery's ``Event()``."""
         self.clock += 1
@@ -268,7 +291,7 @@ class TrafficBuilder:
         fields.update(queue="celery", exchange="", routing_key="celery")
         self._record([self._event(host, pid, "task-sent", fields)], "task.sent", host)
 
-    def _advance(self, worker: _Worker, attempt: _Attempt) -> None:
+    def _advance(self, worker: Worker, attempt: _Attempt) -> None:
         """Emit the attempt's next event on ``worker``."""
         rng, name = self.rng, attempt.fields["name"]
         fields: Event = {"uuid": attempt.uuid}
@@ -298,7 +321,7 @@ class TrafficBuilder:
             if etype == "task-retried":
                 self._retry(worker, attempt)
 
-    def _retry(self, worker: _Worker, attempt: _Attempt) -> None:
+    def _retry(self, worker: Worker, attempt: _Attempt) -> None:
         """Send the task again, due 1 to 5 s later, to succeed on whichever worker gets it."""
         self._flush(worker)
         eta = self.now + self.rng.uniform(1.0, 5.0)
@@ -312,17 +335,21 @@ class TrafficBuilder:
         for worker in self.workers:
             if self.now >= worker.next_heartbeat:
                 worker.next_heartbeat = self.now + self.heartbeat_every
-                fields = {
-                    "freq": self.heartbeat_every,
-                    "active": len(worker.active),
-                    "processed": worker.processed,
-                    "loadavg": [round(self.rng.uniform(0.2, 3.0), 2) for _ in range(3)],
-                    **SOFTWARE,
-                }
-                event = self._event(worker.hostname, worker.pid, "worker-heartbeat", fields)
-                self._record([event], "worker.heartbeat", worker.hostname)
+                self._worker_event(worker, "worker-heartbeat")
 
-    def _flush(self, worker: _Worker) -> None:
+    def _worker_event(self, worker: Worker, etype: str) -> None:
+        """Record a worker-online, -heartbeat or -offline event, alone in its message."""
+        fields = {
+            "freq": self.heartbeat_every,
+            "active": len(worker.active),
+            "processed": worker.processed,
+            "loadavg": [round(self.rng.uniform(0.2, 3.0), 2) for _ in range(3)],
+            **SOFTWARE,
+        }
+        event = self._event(worker.hostname, worker.pid, etype, fields)
+        self._record([event], etype.replace("-", "."), worker.hostname)
+
+    def _flush(self, worker: Worker) -> None:
         if worker.buffer:
             self._record(worker.buffer, "task.multi", worker.hostname)
             worker.buffer = []
@@ -356,17 +383,21 @@ def _publisher(port: int, commands: Sequence[bytes], batch: int, report: Connect
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         first = time.time()
         for start in range(0, len(commands), batch):
-            chunk = commands[start : start + batch]
-            sock.sendall(b"".join(chunk))
-            data = b""
-            while data.count(b"\r\n") < len(chunk):
-                more = sock.recv(65536)
-                if not more:
-                    raise ConnectionError("redis closed the publisher's connection")
-                data += more
-            delivered += sum(int(line[1:]) for line in data.split(b"\r\n") if line)
+            delivered += publish(sock, commands[start : start + batch])
         last = time.time()
     report.send((first, last, delivered))
+
+
+def publish(sock: socket.socket, commands: Sequence[bytes]) -> int:
+    """Write pipelined PUBLISH commands, read their replies; return the deliveries they report."""
+    sock.sendall(b"".join(commands))
+    data = b""
+    while data.count(b"\r\n") < len(commands):
+        more = sock.recv(65536)
+        if not more:
+            raise ConnectionError("redis closed the publisher's connection")
+        data += more
+    return sum(int(line[1:]) for line in data.split(b"\r\n") if line)
 
 
 class ProcessWatch:
@@ -432,7 +463,7 @@ class ProcessWatch:
             self._stop.wait(self.interval)
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     model = platform.processor()
     with contextlib.suppress(OSError):
         names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
@@ -440,7 +471,7 @@ def _machine() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version()}
 
 
-def _revision() -> str:
+def revision() -> str:
     """The commit the exporter ran from, ``+dirty`` when celery_exporter/ has changes."""
     here = Path(__file__).resolve().parent
     try:
@@ -459,7 +490,7 @@ def _revision() -> str:
     return rev + ("+dirty" if diff.returncode else "")
 
 
-def _mb(size: float | None) -> float | None:
+def mb(size: float | None) -> float | None:
     return None if size is None else round(size / 2**20, 1)
 
 
@@ -501,7 +532,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _command(template: str, broker_url: str, port: int) -> list[str]:
+def exporter_command(template: str, broker_url: str, port: int) -> list[str]:
     return shlex.split(
         template.replace("{python}", shlex.quote(sys.executable))
         .replace("{broker_url}", broker_url)
@@ -509,7 +540,7 @@ def _command(template: str, broker_url: str, port: int) -> list[str]:
     )
 
 
-def _backlog(client: redis.Redis) -> int:
+def redis_backlog(client: redis.Redis) -> int:
     """Bytes Redis holds for pub/sub subscribers and has not yet written to them."""
     return sum(int(c.get("omem", 0)) for c in client.client_list(_type="pubsub"))
 
@@ -520,7 +551,7 @@ def _progress(samples: Mapping[Any, float], mode: str) -> float:
     return sum(total(samples, f"celery_task_{kind}_total") for kind in OUTCOMES)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
         try:
@@ -528,6 +559,45 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def start_exporter(
+    stack: contextlib.ExitStack,
+    command: Sequence[str],
+    client: redis.Redis,
+    ready_url: str,
+    log_file: IO[bytes],
+    cpus: set[int] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start the exporter (on ``cpus``), stopped when ``stack`` closes; wait until it is ready.
+
+    Ready: ``ready_url`` answers 200 and the exporter's subscription shows in Redis.
+    """
+    previous = os.sched_getaffinity(0)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # inherited by the exporter
+    try:
+        exporter = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        os.sched_setaffinity(0, previous)
+    stack.callback(stop_process, exporter)
+
+    def ready() -> bool:
+        if exporter.poll() is not None:
+            raise RuntimeError(f"the exporter exited with {exporter.returncode}")
+        with contextlib.suppress(OSError):
+            return fetch(ready_url, timeout=2)[0] == 200
+        return False
+
+    wait_for(ready, timeout=60, what=f"the exporter at {ready_url}")
+    wait_for(
+        lambda: client.pubsub_numpat() or client.pubsub_channels(),
+        timeout=30,
+        what="the exporter's subscription",
+    )
+    return exporter
 
 
 @dataclass
@@ -575,7 +645,7 @@ def _burst(
                 published = receiver.recv()
             if published is None and publisher.exitcode not in (None, 0):
                 raise RuntimeError(f"the publisher failed with exit code {publisher.exitcode}")
-            backlog = _backlog(client)
+            backlog = redis_backlog(client)
             backlog_peak = max(backlog_peak, backlog)
             if (published is None or backlog) and time.monotonic() - scraped < args.scrape_every:
                 continue
@@ -635,29 +705,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client = stack.enter_context(redis.Redis(host=HOST, port=server.port))
         port = free_port()
         metrics_url = f"http://{HOST}:{port}/metrics"
-        os.sched_setaffinity(0, exporter_cpus)  # inherited by the exporter
-        exporter = subprocess.Popen(
-            _command(args.exporter_cmd, server.url(0), port),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        os.sched_setaffinity(0, other_cpus)
-        stack.callback(_stop, exporter)
-        ready_url = f"http://{HOST}:{port}{ready_path}"
-
-        def ready() -> bool:
-            if exporter.poll() is not None:
-                raise RuntimeError(f"the exporter exited with {exporter.returncode}")
-            with contextlib.suppress(OSError):
-                return fetch(ready_url, timeout=2)[0] == 200
-            return False
-
-        wait_for(ready, timeout=60, what=f"the exporter at {ready_url}")
-        wait_for(
-            lambda: client.pubsub_numpat() or client.pubsub_channels(),
-            timeout=30,
-            what="the exporter's subscription",
+        exporter = start_exporter(
+            stack,
+            exporter_command(args.exporter_cmd, server.url(0), port),
+            client,
+            f"http://{HOST}:{port}{ready_path}",
+            log_file,
+            exporter_cpus,
         )
         say(f"exporter pid {exporter.pid} ready on port {port}; publishing ...")
         mode = args.progress
@@ -703,8 +757,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     outcomes = {kind: int(total(final, f"celery_task_{kind}_total")) for kind in OUTCOMES}
     result: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
-        "revision": _revision(),
+        "machine": machine_info(),
+        "revision": revision(),
         "exporter_cmd": args.exporter_cmd,
         "pinned": {"exporter": sorted(exporter_cpus), "others": sorted(other_cpus)},
         "redis_pubsub_limit": pubsub_limit.get("client-output-buffer-limit", ""),
@@ -724,9 +778,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_seconds": round(cpu_seconds, 3),
         "cpu_ms_per_1000_events": round(cpu_seconds * 1e6 / done, 2) if done else None,
         "progress_scrapes": burst.polls,
-        "peak_rss_mb": _mb(watch.peak_rss),
+        "peak_rss_mb": mb(watch.peak_rss),
         "rss_samples": watch.samples,
-        "vmhwm_mb": _mb(vmhwm),
+        "vmhwm_mb": mb(vmhwm),
         "scrapes": len(scrape_ms),
         "scrape_median_ms": round(statistics.median(scrape_ms), 2) if scrape_ms else None,
         "scrape_max_ms": round(max(scrape_ms), 2) if scrape_ms else None,
@@ -743,8 +797,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else None,
         "malformed": int(total(final, "celery_exporter_events_malformed_total")),
         "reconnects": int(total(final, "celery_exporter_reconnects_total")),
-        "redis_backlog_peak_mb": _mb(burst.backlog_peak),
-        "redis_used_memory_peak_mb": _mb(float(redis_peak)),
+        "redis_backlog_peak_mb": mb(burst.backlog_peak),
+        "redis_used_memory_peak_mb": mb(float(redis_peak)),
     }
     if not complete:
         result["exporter_log_tail"] = log_tail
@@ -791,14 +845,14 @@ def _print(r: Mapping[str, Any]) -> None:
         print(f"{'exporter log':>22}: {line}")
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds run(), which stops everything it started
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its figures; exit 1 when events were lost."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         result = run(args)
     except KeyboardInterrupt:

@@ -14,7 +14,8 @@ from .redact import url_secrets
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the exporter; exit 2 on bad configuration."""
     cfg = config_module.load(sys.argv[1:] if argv is None else argv, os.environ)
-    log.configure(cfg.log_level, cfg.log_format, secrets=url_secrets(cfg.broker_url))
+    secrets = url_secrets(cfg.broker_url) | url_secrets(cfg.rabbitmq_management_url or "")
+    log.configure(cfg.log_level, cfg.log_format, secrets=secrets)
     from .daemon import Daemon
 
     try:

@@ -51,6 +51,15 @@ class Config:
     enable_events: bool
     enable_events_interval: float
     settings: Settings
+    queues: tuple[str, ...] = ()
+    queue_collector: bool = True
+    queue_interval: float = 10.0
+    queue_purge_after: float = 3600.0
+    rabbitmq_management_url: str | None = None
+    inspect_collector: bool = True
+    inspect_interval: float = 30.0
+    web_config_file: str | None = None
+    web_healthz_unauthenticated: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class Option:
 
     @property
     def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
+        return self.flag.lstrip("-").replace("-", "_").replace(".", "_")
 
     @property
     def env(self) -> str:
@@ -193,6 +202,36 @@ def parse_ssl_pair(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _parse_web_config_file(text: str) -> str:
+    """A web configuration file in the exporter toolkit format (TLS and basic auth)."""
+    from .webconfig import parse_file
+
+    return parse_file(text)
+
+
+def parse_queues(text: str) -> tuple[str, ...]:
+    """Comma-separated queue names."""
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise ValueError("expected comma-separated queue names, e.g. celery,priority")
+    return names
+
+
+def parse_http_url(text: str) -> str:
+    """An http:// or https:// URL, optionally with user:password@."""
+    from urllib.parse import urlsplit
+
+    url = text.strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError("expected a URL such as http://user:password@localhost:15672") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected a URL such as http://user:password@localhost:15672")
+    return url
+
+
 def _buckets_text(buckets: Sequence[float]) -> str:
     return ",".join(f"{b:g}" for b in buckets)
 
@@ -237,6 +276,26 @@ OPTIONS: tuple[Option, ...] = (
            positive_int, metavar="N"),
     Option("--max-workers", "Most distinct worker hostnames; more become \"other\".", 1000,
            positive_int, metavar="N"),
+    Option("--web.config.file", "TLS and basic auth for the HTTP server, in the Prometheus "
+           "exporter toolkit's YAML format; re-read when it changes.", None,
+           _parse_web_config_file, metavar="FILE"),
+    Option("--queues", "Queues always reported by the queue collector, even before a worker "
+           "consumes them (comma-separated).", (), parse_queues, metavar="Q1,Q2,..."),
+    Option("--queue-collector", "Measure queue depth on the broker in the background "
+           "(--no-queue-collector to turn off).", True, parse_bool, "bool"),
+    Option("--queue-interval", "How often the queue collector measures the queues.", 10.0,
+           parse_duration, metavar="DURATION"),
+    Option("--queue-purge-after", "Stop reporting a queue that is not configured, not consumed "
+           "and empty for this long.", 3600.0, parse_duration, metavar="DURATION"),
+    Option("--rabbitmq-management-url", "RabbitMQ management API, e.g. "
+           "http://user:password@localhost:15672, for unacknowledged message counts.", None,
+           parse_http_url, metavar="URL"),
+    Option("--inspect-collector", "Broadcast inspect stats/active_queues/scheduled to workers "
+           "in the background (--no-inspect-collector to turn off).", True, parse_bool, "bool"),
+    Option("--inspect-interval", "How often the inspect collector broadcasts.", 30.0,
+           parse_duration, metavar="DURATION"),
+    Option("--web.healthz-unauthenticated", "Serve /healthz without basic auth when "
+           "--web.config.file sets basic_auth_users.", False, parse_bool, "bool"),
 )  # fmt: skip
 
 
@@ -351,5 +410,14 @@ def from_values(values: Mapping[str, Any]) -> Config:
         log_format=values["log_format"],
         enable_events=values["enable_events"],
         enable_events_interval=values["enable_events_interval"],
+        web_config_file=values.get("web_config_file"),
+        web_healthz_unauthenticated=bool(values.get("web_healthz_unauthenticated")),
         settings=settings,
+        queues=tuple(values.get("queues") or ()),
+        queue_collector=bool(values.get("queue_collector", True)),
+        queue_interval=values.get("queue_interval", 10.0),
+        queue_purge_after=values.get("queue_purge_after", 3600.0),
+        rabbitmq_management_url=values.get("rabbitmq_management_url"),
+        inspect_collector=bool(values.get("inspect_collector", True)),
+        inspect_interval=values.get("inspect_interval", 30.0),
     )

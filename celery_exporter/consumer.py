@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import Celery
+from celery.events.event import get_exchange
+
 from . import redis_stream
 from .health import Health
 from .log import get_logger
@@ -29,6 +32,9 @@ log = get_logger(__name__)
 
 #: How long a drain waits for a message before the loop looks at its timers and stop flag.
 POLL_SECONDS = 1.0
+#: Words in a broker's refusal that mean the credentials are wrong (Redis, RabbitMQ).
+AUTH_FAILURE_MARKERS = ("WRONGPASS", "NOAUTH", "invalid password", "ACCESS_REFUSED",
+                        "AccessRefused", "authentication failed", "Authentication failed")  # fmt: skip
 #: How long workers may run tasks with no task event arriving before the exporter warns.
 SILENCE_WARNING_SECONDS = 60.0
 
@@ -80,6 +86,11 @@ class Backoff:
     def reset(self) -> None:
         """Start again from the initial delay."""
         self.attempt = 0
+
+
+def is_auth_failure(error: str) -> bool:
+    """Whether a connection error says the broker refused the credentials."""
+    return any(marker in error for marker in AUTH_FAILURE_MARKERS)
 
 
 class SilenceWatch:
@@ -173,8 +184,17 @@ class EventConsumer:
             )  # fmt: skip
             return  # reconnect at once
         delay = self.backoff.next()
-        log.warning("broker_unavailable", broker=self.broker.safe_url, error=error,
-                    retry_in=round(delay, 1))  # fmt: skip
+        if is_auth_failure(f"{type(exc).__name__}: {exc}"):
+            # Retrying cannot help until someone fixes the credentials: say so, and keep backing
+            # off (capped) so the log is not flooded.
+            log.error(
+                "broker_auth_failed", broker=self.broker.safe_url, error=error,
+                retry_in=round(delay, 1),
+                hint="the broker refused the user name or password in --broker-url",
+            )  # fmt: skip
+        else:
+            log.warning("broker_unavailable", broker=self.broker.safe_url, error=error,
+                        retry_in=round(delay, 1))  # fmt: skip
         stop.wait(delay)
 
     def _connected(self, transport: str) -> None:
@@ -225,7 +245,6 @@ class EventConsumer:
             self.state.handle_batch(events)
 
     def _consume_kombu(self, stop: threading.Event) -> None:
-        from celery.events.event import get_exchange
         from kombu import Consumer, Queue
 
         with self.broker.connection() as conn:
@@ -252,8 +271,6 @@ class EventConsumer:
                         conn.drain_events(timeout=POLL_SECONDS)
 
     def _broadcast_enable_events(self) -> None:
-        from celery import Celery
-
         try:
             if self._app is None:
                 self._app = Celery("celery-exporter", broker=self.broker.url, set_as_current=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import html
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,10 +17,17 @@ from typing import Any
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from . import exposition
 from .health import HealthView
 from .log import get_logger
+from .webconfig import WebConfig, WebConfigWatcher
 
 log = get_logger(__name__)
+TEXT = exposition.CONTENT_TYPE
+
+#: Longest a client may take over its TLS handshake.
+HANDSHAKE_TIMEOUT = 10.0
+_NO_WEB_CONFIG = WebConfig()
 
 _LANDING = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title></head>
@@ -33,7 +41,12 @@ _LANDING = """<!doctype html>
 
 
 class MetricsServer:
-    """Serves a registry and the health endpoints on a background thread."""
+    """Serves a registry and the health endpoints on a background thread.
+
+    With ``web`` (``--web.config.file``) each connection is wrapped in the TLS context and
+    each request checked against the basic auth users current at that moment;
+    ``healthz_open`` leaves ``/healthz`` without basic auth.
+    """
 
     def __init__(
         self,
@@ -43,14 +56,19 @@ class MetricsServer:
         readiness: Callable[[], HealthView],
         title: str = "Celery exporter",
         about: str = "Prometheus exporter for Celery.",
+        web: WebConfigWatcher | None = None,
+        healthz_open: bool = False,
     ) -> None:
         self.registry = registry
         self.readiness = readiness
         self.title = title
         self.about = about
+        self.web = web
+        self.healthz_open = healthz_open
         handler = _handler_for(self)
-        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        server_class = _IPv6Server if ":" in host else _Server
         self.httpd = server_class((host, port), handler)
+        self.httpd.web = web
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -69,6 +87,10 @@ class MetricsServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def web_config(self) -> WebConfig:
+        """The TLS and auth settings in force now (none without ``--web.config.file``)."""
+        return self.web.current() if self.web is not None else _NO_WEB_CONFIG
+
     def landing(self) -> bytes:
         """Return the landing page."""
         view = self.readiness()
@@ -78,16 +100,49 @@ class MetricsServer:
         ).encode()
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """Wraps each accepted connection in the current TLS context, on the request's thread."""
+
+    web: WebConfigWatcher | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        context = self.web.current().ssl_context if self.web is not None else None
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            tls = context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("tls_handshake_failed", client=str(client_address[0]), error=str(exc))
+            return
+        try:
+            tls.settimeout(None)
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
+
+
+class _IPv6Server(_Server):
     address_family = socket.AF_INET6
 
 
 def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "celery-exporter"
+        web = _NO_WEB_CONFIG
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
+            self.web = server.web_config()
+            if not (path == "/healthz" and server.healthz_open) and not self.web.check_header(
+                self.headers.get("Authorization")
+            ):
+                self._send(
+                    401, b"unauthorized\n", "text/plain; charset=utf-8",
+                    {"WWW-Authenticate": 'Basic realm="celery-exporter", charset="UTF-8"'},
+                )  # fmt: skip
+                return
             if path == "/metrics":
                 self._metrics()
             elif path == "/healthz":
@@ -105,9 +160,13 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
                 self._send(404, b"not found; see /\n", "text/plain; charset=utf-8")
 
         def _metrics(self) -> None:
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            accept = self.headers.get("Accept", "")
             try:
-                body = encoder(server.registry)
+                if exposition.accepts_text(accept):
+                    body, content_type = exposition.render(server.registry.collect()), TEXT
+                else:
+                    encoder, content_type = choose_encoder(accept)
+                    body = encoder(server.registry)
             except Exception:
                 log.exception("render_failed")
                 self._send(500, b"failed to render metrics\n", "text/plain; charset=utf-8")
@@ -124,7 +183,7 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            for key, value in (headers or {}).items():
+            for key, value in {**self.web.headers, **(headers or {})}.items():
                 self.send_header(key, value)
             self.end_headers()
             if self.command != "HEAD":

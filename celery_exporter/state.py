@@ -258,25 +258,27 @@ class ClusterState:
 
     # -- input ------------------------------------------------------------------------------
 
-    def handle_batch(self, events: Iterable[dict[str, Any]]) -> None:
-        """Apply the events of one message, in order."""
+    def handle_batch(self, events: Iterable[Any]) -> None:
+        """Apply events in order; an item that is not an object with a string type is malformed."""
         now = self.clock()
         handlers = self._handlers
         counts = self.events
         with self.lock:
             self.last_event = now
             for event in events:
-                etype = event["type"]
-                handler = handlers.get(etype)
-                if handler is None:
-                    counts["other"] = counts.get("other", 0) + 1
-                    continue
-                counts[etype] = counts.get(etype, 0) + 1
                 try:
+                    etype = event["type"]
+                    if type(etype) is not str:
+                        raise TypeError("event type is not a string")
+                    handler = handlers.get(etype)
+                    if handler is None:
+                        counts["other"] = counts.get("other", 0) + 1
+                        continue
+                    counts[etype] = counts.get(etype, 0) + 1
                     handler(event, now)
                 except Exception:
-                    # An event that breaks a handler is counted and skipped; the rest of the
-                    # batch still counts.
+                    # Not an event, or one that breaks a handler: counted and skipped; the rest
+                    # of the batch still counts.
                     self.malformed["schema"] = self.malformed.get("schema", 0) + 1
 
     def handle(self, event: dict[str, Any]) -> None:

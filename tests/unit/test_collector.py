@@ -7,8 +7,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
 
+from celery_exporter import exposition
 from celery_exporter.collector import EventCollector, HealthCollector
 from celery_exporter.health import Health
 from celery_exporter.state import ClusterState, Settings
@@ -185,7 +189,7 @@ def replay() -> tuple[CollectorRegistry, ClusterState, FakeClock]:
 def test_golden_metrics() -> None:
     """The scripted cluster renders byte-for-byte as tests/unit/golden/metrics.txt (UPDATE_GOLDEN=1 rewrites it)."""
     registry, _, _ = replay()
-    text = generate_latest(registry)
+    text = exposition.render(registry.collect())
     if os.environ.get("UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_bytes(text)
@@ -292,3 +296,40 @@ def test_worker_label_renders_hostname_label() -> None:
         'celery_task_received_total{hostname="celery@w1",name="app.add",queue_name="celery"} 1.0'
         in text.splitlines()
     )
+
+
+def test_fast_text_writer_matches_prometheus_client() -> None:
+    """The exporter's own text writer gives the same bytes as prometheus_client's."""
+    registry, _, _ = replay()
+    registry.register(ProcessCollector(registry=None))
+    assert exposition.render(registry.collect()) == generate_latest(registry)
+
+
+def test_fast_text_writer_escapes_label_values() -> None:
+    """Backslashes, quotes and newlines in label values are escaped as the format requires."""
+    family = GaugeMetricFamily("celery_x", "doc\\with\nnewline", labels=["name"])
+    family.add_metric(['a"b\\c\nd'], 1.5)
+    family.add_metric(["plain"], 1.5e6)
+    assert exposition.render([family]) == (
+        b"# HELP celery_x doc\\\\with\\nnewline\n# TYPE celery_x gauge\n"
+        b'celery_x{name="a\\"b\\\\c\\nd"} 1.5\n'
+        b'celery_x{name="plain"} 1.5e+06\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("accept", "text"),
+    [
+        ("", True),
+        ("text/plain;version=0.0.4", True),
+        ("*/*", True),
+        (
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3",
+            True,
+        ),
+        ("application/openmetrics-text;version=1.0.0", False),
+    ],
+)
+def test_text_format_chosen_whenever_accepted(accept: str, text: bool) -> None:
+    """/metrics answers in the text format unless the client accepts only OpenMetrics."""
+    assert exposition.accepts_text(accept) is text
