@@ -337,7 +337,8 @@ class ClusterState:
             key = self._key(task, task.host)
             self._observe(self.queue_wait, key, wait, self.settings.wait_buckets)
 
-    def _on_received(self, event: dict[str, Any], now: float) -> None:
+    def _arrive(self, event: dict[str, Any], now: float) -> tuple[_Task, Worker]:
+        """Find, or start tracking, the task a worker's received or started event is about."""
         uuid = _uuid(event)
         host = self.hostnames(event.get("hostname"))
         worker = self._seen(host, now)
@@ -347,30 +348,26 @@ class ClusterState:
         else:
             self._leave_step(task)
         task.host = host
+        return task, worker
+
+    def _on_received(self, event: dict[str, Any], now: float) -> None:
+        task, worker = self._arrive(event, now)
         task.step = _RECEIVED
         task.received = _timestamp(event, now)
         eta = _eta(event.get("eta"))
         if eta is not None:
             task.eta = eta
         worker.reserved += 1
-        self._count("received", task, host)
+        self._count("received", task, task.host)
 
     def _on_started(self, event: dict[str, Any], now: float) -> None:
-        uuid = _uuid(event)
-        host = self.hostnames(event.get("hostname"))
-        worker = self._seen(host, now)
-        task = self.tasks.get(uuid)
-        if task is None:
-            task = self._track(uuid, self.names(event.get("name")), self._queue_of(host))
-        else:
-            self._leave_step(task)
+        task, worker = self._arrive(event, now)
         started = _timestamp(event, now)
-        task.host = host
         task.step = _STARTED
         task.started = started
         worker.busy += 1
-        key = self._count("started", task, host)
-        self.running.setdefault(key, {})[uuid] = started
+        key = self._count("started", task, task.host)
+        self.running.setdefault(key, {})[task.uuid] = started
         ready = task.eta
         if task.sent is not None:
             wait = started - (task.sent if ready is None or ready < task.sent else ready)

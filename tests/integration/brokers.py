@@ -7,60 +7,17 @@ samples. Test modules import the fixtures they use from here.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 
 import pytest
 
 from celery_exporter.testing import RabbitMQServer, Sample, wait_for
-from tests.integration import taskapp
-from tests.integration.conftest import ROOT, ExporterProcess, WorkerProcess
+from tests.integration.conftest import ExporterProcess
 
 #: Generous: two CPUs are shared with other jobs and each inspect round takes about 3 s.
 COLLECT_TIMEOUT = 90.0
 #: Short intervals, so the collectors answer quickly in tests.
 FAST = ("--queue-interval", "0.3s", "--inspect-interval", "1s")
-
-
-class OptionWorker(WorkerProcess):
-    """A prefork worker whose concurrency options are given (instead of ``-c 2``)."""
-
-    def __init__(
-        self,
-        broker_url: str,
-        name: str,
-        logdir: Path,
-        queues: Sequence[str],
-        options: Sequence[str],
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(broker_url, name, logdir, queues)
-        self.options = list(options)
-        self.env = dict(env or {})
-
-    def start(self) -> OptionWorker:
-        """Start the worker with its options."""
-        env = {**os.environ, **self.env, taskapp.BROKER_ENV: self.broker_url}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        args = [
-            sys.executable, "-m", "celery", "-A", "tests.integration.taskapp", "worker",
-            "-P", "prefork", *self.options, "-E", "-n", self.nodename,
-            "-Q", ",".join(self.queues), "-l", "info", "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
 
 
 def wait_samples(

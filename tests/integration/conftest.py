@@ -82,23 +82,30 @@ class WorkerProcess:
     """A Celery prefork worker running the test app in its own process group."""
 
     def __init__(
-        self, broker_url: str, name: str, logdir: Path, queues: Sequence[str] = ("celery",)
+        self,
+        broker_url: str,
+        name: str,
+        logdir: Path,
+        queues: Sequence[str] = ("celery",),
+        options: Sequence[str] = ("-c", "2"),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.broker_url = broker_url
         self.nodename = f"{name}-{uuid.uuid4().hex[:6]}@itest"
         self.queues = tuple(queues)
+        self.options = list(options)
+        self.env = dict(env or {})
         self.log_path = logdir / f"worker-{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         """Start the worker; see :func:`wait_worker_up` for when it counts as up."""
-        env = dict(os.environ)
-        env[taskapp.BROKER_ENV] = self.broker_url
+        env = {**os.environ, **self.env, taskapp.BROKER_ENV: self.broker_url}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         args = [
             sys.executable, "-m", "celery", "-A", "tests.integration.taskapp", "worker",
-            "-P", "prefork", "-c", "2", "-E", "-n", self.nodename, "-Q", ",".join(self.queues),
-            "-l", "info", "--without-mingle", "--without-gossip",
+            "-P", "prefork", *self.options, "-E", "-n", self.nodename,
+            "-Q", ",".join(self.queues), "-l", "info", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -10,8 +10,8 @@ from celery import Celery
 
 from celery_exporter.testing import RedisServer
 from tests.integration import taskapp
-from tests.integration.brokers import FAST, OptionWorker, wait_samples
-from tests.integration.conftest import Client, ExporterProcess, sample
+from tests.integration.brokers import FAST, wait_samples
+from tests.integration.conftest import Client, ExporterProcess, WorkerProcess, sample
 
 pytestmark = pytest.mark.integration
 
@@ -109,10 +109,10 @@ def test_workers_pools_unacked_and_scheduled(
     redis: RedisServer, queue_exporter: ExporterProcess, sender: Client, logdir: Path
 ) -> None:
     """Pool size under -c 3 and --autoscale, prefetch, scheduled and unacked tasks are exact."""
-    fixed = OptionWorker(
+    fixed = WorkerProcess(
         redis.url(), "fixed", logdir, [HELD], ["--concurrency", "3", "--prefetch-multiplier", "1"]
     ).start()
-    auto = OptionWorker(redis.url(), "auto", logdir, [AUTO], ["--autoscale", "4,1"]).start()
+    auto = WorkerProcess(redis.url(), "auto", logdir, [AUTO], ["--autoscale", "4,1"]).start()
     try:
         wait_samples(
             queue_exporter,

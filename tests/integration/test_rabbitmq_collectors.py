@@ -8,8 +8,8 @@ import pytest
 
 from celery_exporter.testing import RabbitMQServer
 from tests.integration import taskapp
-from tests.integration.brokers import FAST, OptionWorker, rabbitmq, wait_samples
-from tests.integration.conftest import Client, ExporterProcess, sample
+from tests.integration.brokers import FAST, rabbitmq, wait_samples
+from tests.integration.conftest import Client, ExporterProcess, WorkerProcess, sample
 
 pytestmark = pytest.mark.integration
 __all__ = ["rabbitmq"]
@@ -21,7 +21,7 @@ def test_rabbitmq_ready_unacked_consumers_and_missing_queue(
     """Ready, unacked and consumers come from RabbitMQ; a queue that does not exist reads 0."""
     url = rabbitmq.url()
     management = rabbitmq.management_url.replace("://", "://guest:guest@")
-    worker = OptionWorker(
+    worker = WorkerProcess(
         url, "rabbit", logdir, ["rq"], ["--concurrency", "1", "--prefetch-multiplier", "1"]
     ).start()
     exporter = ExporterProcess(
