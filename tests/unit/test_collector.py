@@ -16,7 +16,7 @@ from celery_exporter import exposition
 from celery_exporter.collector import EventCollector, HealthCollector
 from celery_exporter.health import Health
 from celery_exporter.state import ClusterState, Settings
-from celery_exporter.testing import parse_metrics
+from celery_exporter.testing import ManualClock, parse_metrics
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 T0 = 1_700_000_000.0
@@ -34,16 +34,6 @@ HARD_LIMIT_TRACEBACK = (
     "    raise TimeLimitExceeded(job._timeout)\n"
     "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n"
 )
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def iso(ts: float) -> str:
@@ -75,9 +65,9 @@ def worker(kind: str, host: str, at: float, **fields: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def replay() -> tuple[CollectorRegistry, ClusterState, FakeClock]:
+def replay() -> tuple[CollectorRegistry, ClusterState, ManualClock]:
     """Run a scripted cluster through every family and return a registry over it at T0+60."""
-    clock = FakeClock()
+    clock = ManualClock(T0)
     state = ClusterState(
         Settings(runtime_buckets=(0.1, 1.0, 10.0), wait_buckets=(1.0, 10.0), max_task_names=5),
         clock=clock,
@@ -233,7 +223,7 @@ def test_golden_key_values() -> None:
 
 def test_down_worker_renders_zero_gauges() -> None:
     """A worker that timed out shows up=0 and zero active, busy and reserved tasks."""
-    clock = FakeClock()
+    clock = ManualClock(T0)
     state = ClusterState(clock=clock)
     state.handle_batch(
         [
@@ -272,7 +262,7 @@ def test_down_worker_renders_zero_gauges() -> None:
 def test_empty_state_renders_families_without_samples() -> None:
     """Before any event, the families with fixed series report zero and no last-event gauge."""
     registry = CollectorRegistry()
-    registry.register(EventCollector(ClusterState(clock=FakeClock())))
+    registry.register(EventCollector(ClusterState(clock=ManualClock(T0))))
     samples = parse_metrics(generate_latest(registry).decode())
     assert samples == {
         ("celery_exporter_events_duplicate_total", frozenset()): 0.0,
@@ -287,7 +277,7 @@ def test_empty_state_renders_families_without_samples() -> None:
 
 def test_worker_label_renders_hostname_label() -> None:
     """With worker_label, task series carry a hostname label."""
-    state = ClusterState(Settings(worker_label=True), clock=FakeClock())
+    state = ClusterState(Settings(worker_label=True), clock=ManualClock(T0))
     state.handle_batch([received("u1", "app.add", W1, T0)])
     registry = CollectorRegistry()
     registry.register(EventCollector(state))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from celery_exporter.state import ClusterState, Settings, Snapshot
+from celery_exporter.testing import ManualClock
 from celery_exporter.wire import decode_envelope, encode_envelope
 
 T0 = 1_700_000_000.0
@@ -24,21 +25,8 @@ HARD_LIMIT_TRACEBACK = (
 )
 
 
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def make(**settings: Any) -> tuple[ClusterState, FakeClock]:
-    clock = FakeClock()
+def make(**settings: Any) -> tuple[ClusterState, ManualClock]:
+    clock = ManualClock(T0)
     return ClusterState(Settings(**settings), clock=clock), clock
 
 
