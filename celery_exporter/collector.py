@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -268,5 +269,6 @@ def _histogram(
     return family
 
 
+@functools.cache
 def _le(bound: float) -> str:
     return str(floatToGoString(bound))  # type: ignore[no-untyped-call]

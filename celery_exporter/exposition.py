@@ -80,4 +80,6 @@ def _line(
 
 
 def _number(value: float) -> str:
+    if type(value) is int and 0 <= value < 1_000_000:
+        return f"{value}.0"  # counts: what floatToGoString gives, without its work
     return str(floatToGoString(value))  # type: ignore[no-untyped-call]

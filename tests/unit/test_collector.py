@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.process_collector import ProcessCollector
 
 from celery_exporter import exposition
 from celery_exporter.collector import EventCollector, HealthCollector
@@ -291,7 +290,17 @@ def test_worker_label_renders_hostname_label() -> None:
 def test_fast_text_writer_matches_prometheus_client() -> None:
     """The exporter's own text writer gives the same bytes as prometheus_client's."""
     registry, _, _ = replay()
-    registry.register(ProcessCollector(registry=None))
+    numbers = GaugeMetricFamily("celery_numbers", "Numbers of every shape.", labels=["v"])
+    for value in (0, 7, 999_999, 1_000_000, 1_234_567, 2**53, -3, 0.1, 1.7e9 + 0.25, -1e-7):
+        numbers.add_metric([str(value)], value)
+    for value in (float("inf"), float("-inf"), float("nan")):
+        numbers.add_metric([str(value)], value)
+
+    class Fixed:
+        def collect(self) -> list[GaugeMetricFamily]:
+            return [numbers]
+
+    registry.register(Fixed())  # type: ignore[arg-type]
     assert exposition.render(registry.collect()) == generate_latest(registry)
 
 
