@@ -60,6 +60,7 @@ class MetricsServer:
         healthz_open: bool = False,
     ) -> None:
         self.registry = registry
+        self._render_lock = threading.Lock()
         self.readiness = readiness
         self.title = title
         self.about = about
@@ -90,6 +91,17 @@ class MetricsServer:
     def web_config(self) -> WebConfig:
         """The TLS and auth settings in force now (none without ``--web.config.file``)."""
         return self.web.current() if self.web is not None else _NO_WEB_CONFIG
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """Render the registry in the format ``accept`` allows, one scrape at a time.
+
+        Concurrent scrapes would only repeat the same work and multiply the memory it takes.
+        """
+        with self._render_lock:
+            if exposition.accepts_text(accept):
+                return exposition.render(self.registry.collect()), TEXT
+            encoder, content_type = choose_encoder(accept)
+            return encoder(self.registry), content_type
 
     def landing(self) -> bytes:
         """Return the landing page."""
@@ -160,13 +172,8 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
                 self._send(404, b"not found; see /\n", "text/plain; charset=utf-8")
 
         def _metrics(self) -> None:
-            accept = self.headers.get("Accept", "")
             try:
-                if exposition.accepts_text(accept):
-                    body, content_type = exposition.render(server.registry.collect()), TEXT
-                else:
-                    encoder, content_type = choose_encoder(accept)
-                    body = encoder(server.registry)
+                body, content_type = server.render(self.headers.get("Accept", ""))
             except Exception:
                 log.exception("render_failed")
                 self._send(500, b"failed to render metrics\n", "text/plain; charset=utf-8")
