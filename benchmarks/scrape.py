@@ -3,8 +3,8 @@
 Runs the exporter in this process (the real :class:`~celery_exporter.daemon.Daemon`: event
 consumer, queue and inspect collectors, HTTP server) against a broker that never answers, feeds
 its state 50 workers' heartbeats and task events over 50 queues, and scrapes ``/metrics`` over
-HTTP while the collectors keep failing in the background. Prints the median, 99th percentile
-and maximum scrape time.
+HTTP from a separate client process (as Prometheus does) while the collectors keep failing in
+the background. Prints the median, 99th percentile and maximum scrape time.
 
 ``--broker blackhole`` (default) listens on a loopback port and never accepts, so connections
 hang until their timeouts; ``--broker refused`` uses a port nobody listens on. Not a test::
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -25,6 +27,19 @@ from typing import Any
 from celery_exporter import config, log
 from celery_exporter.daemon import Daemon
 from celery_exporter.testing import free_port, wait_for
+
+#: The scraping client, run in a process of its own: prints the body size, then each time.
+CLIENT = """
+import sys, time, urllib.request
+url, n = sys.argv[1], int(sys.argv[2])
+times, size = [], 0
+for _ in range(n):
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=10) as response:
+        size = len(response.read())
+    times.append(time.perf_counter() - started)
+print(size, *times)
+"""
 
 
 def events(workers: int, queues: int, now: float) -> list[dict[str, object]]:
@@ -93,13 +108,14 @@ def main() -> None:
         )
 
     wait_for(collectors_failing, 60, 0.2, "the collectors to report failure")
-    size = 0
-    times = []
-    for _ in range(args.scrapes):
-        started = time.perf_counter()
-        with urllib.request.urlopen(url, timeout=10) as response:
-            size = len(response.read())
-        times.append(time.perf_counter() - started)
+    # Scrape from another process, as Prometheus does: a client in this one would share the
+    # exporter's interpreter lock and add its own work to every measurement.
+    client = subprocess.run(
+        [sys.executable, "-c", CLIENT, url, str(args.scrapes)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    size, *times = (float(x) for x in client.stdout.split())
+    size = int(size)
     shares = render_shares(daemon)
     daemon.stop_event.set()
     daemon.server.stop()
