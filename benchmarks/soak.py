@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import multiprocessing
+import os
 import signal
 import socket
 import statistics
@@ -30,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -223,9 +226,10 @@ class Sample:
     published: int
     counted: int
     rss_mb: float
-    cpu_percent: float  # exporter CPU since the previous sample
-    scrape_ms: float  # median of the sample's scrapes
+    cpu_percent: float  # exporter CPU since the previous sample's scrapes ended: ingest
+    scrape_ms: float  # median wall time of the sample's scrapes
     scrape_max_ms: float
+    scrape_cpu_ms: float  # exporter CPU per scrape, less what ingest took meanwhile
     scrape_bytes: int
     series: int
     tracked_tasks: int
@@ -235,6 +239,7 @@ class Sample:
     workers_up: int
     redis_backlog_mb: float
     reconnects: int
+    load1: float  # the machine's 1-minute load average
 
 
 class Sampler:
@@ -258,8 +263,7 @@ class Sampler:
         """
         rss = self.watch.rss()
         now, cpu = time.monotonic(), self.watch.cpu_seconds()
-        cpu_percent = 100 * (cpu - self.last[1]) / max(now - self.last[0], 1e-9)
-        self.last = (now, cpu)
+        ingest = (cpu - self.last[1]) / max(now - self.last[0], 1e-9)  # CPU s per s
         sent = published()
         times, bodies = [], []
         for _ in range(self.scrapes):
@@ -269,6 +273,8 @@ class Sampler:
             if status != 200:
                 raise RuntimeError(f"{self.url} answered {status}")
             bodies.append(body)
+        self.last = (time.monotonic(), self.watch.cpu_seconds())
+        scrape_cpu = (self.last[1] - cpu - ingest * (self.last[0] - now)) / self.scrapes
         self.scrape_max_ms = max(self.scrape_max_ms, *times)
         body = bodies[0]
         lines = body.decode().splitlines()
@@ -284,9 +290,10 @@ class Sampler:
             published=sent,
             counted=int(total(samples, EVENTS_TOTAL)),
             rss_mb=mb(rss) or 0.0,
-            cpu_percent=round(cpu_percent, 1),
+            cpu_percent=round(100 * ingest, 1),
             scrape_ms=round(statistics.median(times), 1),
             scrape_max_ms=round(max(times), 1),
+            scrape_cpu_ms=round(scrape_cpu * 1000, 1),
             scrape_bytes=len(body),
             series=sum(1 for ln in lines if ln and not ln.startswith("#")),
             tracked_tasks=int(value(samples, "celery_exporter_tracked_tasks")),
@@ -296,22 +303,30 @@ class Sampler:
             workers_up=int(sum(ups)),
             redis_backlog_mb=mb(redis_backlog(self.client)) or 0.0,
             reconnects=int(total(samples, "celery_exporter_reconnects_total")),
+            load1=round(os.getloadavg()[0], 2),
         )
 
 
 HEADER = (
-    f"{'t s':>6} {'published':>10} {'counted':>10} {'lag':>6} {'RSS MB':>7} {'CPU%':>5} "
-    f"{'scrape ms':>9} {'(max)':>7} {'bytes':>9} {'series':>7} {'tracked':>7} {'names':>5} "
-    f"{'other':>8} {'workers':>7} {'backlog':>7}"
+    f"{'t s':>5} {'published':>10} {'counted':>10} {'lag':>5} {'RSS MB':>6} {'CPU%':>4} "
+    f"{'scrape ms':>9} {'(max)':>6} {'(CPU)':>6} {'bytes':>9} {'series':>6} {'tracked':>7} "
+    f"{'names':>5} {'other':>9} {'workers':>7} {'backlog':>7} {'load':>4}"
+)
+LEGEND = (
+    "CPU%: exporter CPU between samples (ingest); scrape ms: median wall time of the sample's "
+    "scrapes, (max) the slowest, (CPU) exporter CPU per scrape less ingest; names: name label "
+    "values, other included; other: events named other; workers: up/in the table; backlog: "
+    "bytes Redis holds for the exporter; load: 1-minute load average"
 )
 
 
 def _line(s: Sample) -> str:
     return (
-        f"{s.t:>6.0f} {s.published:>10,} {s.counted:>10,} {s.published - s.counted:>6,} "
-        f"{s.rss_mb:>7.1f} {s.cpu_percent:>5.1f} {s.scrape_ms:>9.1f} {s.scrape_max_ms:>7.1f} "
-        f"{s.scrape_bytes:>9,} {s.series:>7,} {s.tracked_tasks:>7,} {s.task_names:>5} "
-        f"{s.name_overflow:>8,} {f'{s.workers_up}/{s.workers}':>7} {s.redis_backlog_mb:>5.1f}MB"
+        f"{s.t:>5.0f} {s.published:>10,} {s.counted:>10,} {s.published - s.counted:>5,} "
+        f"{s.rss_mb:>6.1f} {s.cpu_percent:>4.1f} {s.scrape_ms:>9.1f} {s.scrape_max_ms:>6.0f} "
+        f"{s.scrape_cpu_ms:>6.0f} {s.scrape_bytes:>9,} {s.series:>6,} {s.tracked_tasks:>7,} "
+        f"{s.task_names:>5} {s.name_overflow:>9,} {f'{s.workers_up}/{s.workers}':>7} "
+        f"{s.redis_backlog_mb:>5.1f}MB {s.load1:>4.2f}"
     )
 
 
@@ -357,6 +372,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _tree_hash() -> str:
+    """A short hash of the exporter's source files, to tell which code a run used."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parents[1] / "celery_exporter").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _slope_per_10min(points: Sequence[tuple[float, float]]) -> float | None:
     if len(points) < 2 or len({t for t, _ in points}) < 2:
         return None
@@ -394,6 +417,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         replaced=args.workers_replaced,
     )
     warmup = min(args.warmup, args.duration / 2)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    code = {"revision": revision(), "celery_exporter_sha256": _tree_hash()}
     extra = (
         f" --max-task-names {args.max_task_names} --worker-purge-after {args.worker_purge_after:g}"
     )
@@ -446,6 +471,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if exporter.poll() is not None:
                 raise RuntimeError(f"the exporter exited with {exporter.returncode}")
 
+        say(
+            f"exporter code: {code['revision']}, celery_exporter/*.py sha256 "
+            f"{code['celery_exporter_sha256']}"
+        )
+        say(LEGEND)
         say(HEADER)
         next_at = began
         while next_at < began + args.duration - 1:
@@ -475,6 +505,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     window = min(3, max(1, len(after) // 2))
     scrape_first = round(statistics.median(s.scrape_ms for s in after[:window]), 1)
     scrape_last = round(statistics.median(s.scrape_ms for s in after[-window:]), 1)
+    cpu_first = round(statistics.median(s.scrape_cpu_ms for s in after[:window]), 1)
+    cpu_last = round(statistics.median(s.scrape_cpu_ms for s in after[-window:]), 1)
     growth = round(at_end.rss_mb - at_warmup.rss_mb, 1)
     rss_max = mb(watch.peak_rss) or 0.0
     rss_ok = growth < args.growth_limit
@@ -486,12 +518,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{growth:+.1f} MB "
         f"({'<' if rss_ok else '>='} {args.growth_limit:g} MB), scrape median "
         f"{scrape_first:.1f} -> {scrape_last:.1f} ms ({'flat' if scrape_ok else 'not flat'}, "
-        f"tolerance {args.scrape_tolerance:.0%} or 2 ms); {lost:,} events lost"
+        f"tolerance {args.scrape_tolerance:.0%} or 2 ms; CPU per scrape {cpu_first:.0f} -> "
+        f"{cpu_last:.0f} ms); {lost:,} events lost"
     )
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": started_at,
         "machine": machine_info(),
-        "revision": revision(),
+        **code,
         "exporter_cmd": " ".join(command[1:]),
         "rate": args.rate,
         "max_task_names": args.max_task_names,
@@ -514,6 +547,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scrape_last_window_ms": scrape_last,
         "scrape_max_ms": round(sampler.scrape_max_ms, 1),
         "scrape_slope_ms_per_10min": _slope_per_10min([(s.t, s.scrape_ms) for s in after]),
+        "scrape_cpu_first_window_ms": cpu_first,
+        "scrape_cpu_last_window_ms": cpu_last,
+        "scrape_cpu_slope_ms_per_10min": _slope_per_10min([(s.t, s.scrape_cpu_ms) for s in after]),
+        "load1_min_max": [min(s.load1 for s in samples), max(s.load1 for s in samples)],
         "scrape_bytes_warmup": at_warmup.scrape_bytes,
         "scrape_bytes_end": at_end.scrape_bytes,
         "series_warmup": at_warmup.series,
@@ -544,7 +581,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _print(r: Mapping[str, Any]) -> None:
     m = r["machine"]
     rows = [
-        ("date, revision", f"{r['date']}, {r['revision']}"),
+        ("started, revision", f"{r['date']}, {r['revision']} (celery_exporter/*.py sha256 "
+                              f"{r['celery_exporter_sha256']})"),
         ("machine", f"{m['nproc']} cores, {m['cpu_model']}, Python {m['python']}"),
         ("exporter", r["exporter_cmd"]),
         ("published", f"{r['events_published']:,} events in {r['messages_published']:,} "
@@ -567,6 +605,11 @@ def _print(r: Mapping[str, Any]) -> None:
                    f"(3-sample medians {r['scrape_first_window_ms']} -> "
                    f"{r['scrape_last_window_ms']} ms), max {r['scrape_max_ms']} ms; trend "
                    f"{r['scrape_slope_ms_per_10min']} ms / 10 min"),
+        ("scrape CPU", f"{r['scrape_cpu_first_window_ms']} -> {r['scrape_cpu_last_window_ms']} "
+                       f"ms per scrape (3-sample medians); trend "
+                       f"{r['scrape_cpu_slope_ms_per_10min']} ms / 10 min"),
+        ("load average", f"{r['load1_min_max'][0]} to {r['load1_min_max'][1]} (1 min, at "
+                         "samples)"),
         ("scrape size", f"{r['scrape_bytes_warmup']:,} -> {r['scrape_bytes_end']:,} bytes, "
                         f"{r['series_warmup']:,} -> {r['series_end']:,} series"),
         ("tracked tasks", f"{r['tracked_tasks_max']:,} at most"),
