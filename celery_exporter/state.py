@@ -38,11 +38,6 @@ TASK_COUNTERS = (
     "revoked",
     "rejected",
 )
-#: Event types ``celery_exporter_events_total`` names; any other type is counted as ``other``.
-KNOWN_EVENT_TYPES = frozenset(
-    [f"task-{kind}" for kind in TASK_COUNTERS]
-    + ["task-cancelled", "worker-online", "worker-heartbeat", "worker-offline"]
-)
 #: Exception classes that mark a task killed by its time limit, and the ``kind`` they count as.
 TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
 

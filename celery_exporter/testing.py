@@ -24,6 +24,7 @@ from typing import TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
+S = TypeVar("S", bound="_PrivateServer")
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
 RABBITMQ_MISSING = (
@@ -71,7 +72,30 @@ def wait_for(check: Callable[[], T], timeout: float, interval: float = 0.1, what
     return last
 
 
-class RedisServer:
+class _PrivateServer:
+    """A throw-away server in its own temporary directory, usable as a context manager."""
+
+    dir: Path
+
+    def start(self: S) -> S:
+        """Start the server and wait until it answers."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server."""
+        raise NotImplementedError
+
+    def __enter__(self: S) -> S:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer(_PrivateServer):
     """A private ``redis-server`` on a free loopback port that keeps nothing on disk."""
 
     def __init__(self, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
@@ -120,17 +144,8 @@ class RedisServer:
                 self.process.wait(5)
         self.process = None
 
-    def __enter__(self) -> RedisServer:
-        return self.start()
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class RabbitMQServer:
+class RabbitMQServer(_PrivateServer):
     """A private RabbitMQ node with the management plugin, on free loopback ports."""
 
     def __init__(self) -> None:
@@ -212,15 +227,6 @@ class RabbitMQServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
-
-    def __enter__(self) -> RabbitMQServer:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

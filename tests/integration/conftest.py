@@ -78,6 +78,22 @@ def group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def spawn(
+    args: Sequence[str], env: Mapping[str, str], log_path: Path, new_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start a process from the repository root with its output appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=new_session,
+        )
+
+
 class WorkerProcess:
     """A Celery prefork worker running the test app in its own process group."""
 
@@ -107,16 +123,7 @@ class WorkerProcess:
             "-P", "prefork", *self.options, "-E", "-n", self.nodename,
             "-Q", ",".join(self.queues), "-l", "info", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn(args, env, self.log_path, new_session=True)
         return self
 
     @property
@@ -177,15 +184,7 @@ class ExporterProcess:
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_EXPORTER_")}
         env.pop("CELERY_BROKER_URL", None)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = spawn(args, env, self.log_path)
         wait_for(self.answers, START_TIMEOUT, 0.1, f"exporter on port {self.port} to listen")
         return self
 
