@@ -62,6 +62,26 @@ def configure(
     )
 
 
+def forward_to_logging() -> None:
+    """Send structlog lines to the standard logging module, unless structlog is set up already.
+
+    For code that runs inside another program (a Celery worker), whose logging config rules.
+    """
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_log_level,
+            structlog.processors.format_exc_info,
+            structlog.processors.KeyValueRenderer(key_order=["event"]),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
 def get_logger(name: str) -> Any:
     """Return a structlog logger named ``name``."""
     return structlog.get_logger(name)

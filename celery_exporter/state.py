@@ -4,6 +4,9 @@
 which updates dicts keyed by label tuples and nothing else. Metric families are built from a
 :class:`Snapshot` at scrape time (see :mod:`celery_exporter.collector`), so an event costs no
 ``labels()`` lookup and a scrape holds the lock only for the time it takes to copy some dicts.
+
+Task events may carry a ``queue`` field, which Celery's own worker events never do: the
+in-worker exporter (:mod:`celery_exporter.worker`) sets it from the message's routing key.
 """
 
 from __future__ import annotations
@@ -339,7 +342,7 @@ class ClusterState:
         worker = self._seen(host, now)
         task = self.tasks.get(uuid)
         if task is None:
-            task = self._track(uuid, self.names(event.get("name")), self._queue_of(host))
+            task = self._track(uuid, self.names(event.get("name")), self._queue_for(event, host))
         else:
             self._leave_step(task)
         task.host = host
@@ -481,6 +484,13 @@ class ClusterState:
             worker.offline_since = None
         return worker
 
+    def _queue_for(self, event: dict[str, Any], host: str) -> str:
+        """The queue an event names (the in-worker exporter's do), else the worker's."""
+        queue = event.get("queue")
+        if isinstance(queue, str) and queue:
+            return self.queues(queue)
+        return self._queue_of(host)
+
     def _queue_of(self, host: str) -> str:
         queues = self.worker_queues.get(host)
         if queues is not None and len(queues) == 1:
@@ -551,7 +561,7 @@ class ClusterState:
                     return None
                 done[0].add(etype)
                 return done[1]
-            task = _Task(uuid, self.names(event.get("name")), self._queue_of(host))
+            task = _Task(uuid, self.names(event.get("name")), self._queue_for(event, host))
         else:
             self._leave_step(task)
         task.host = host
@@ -579,7 +589,7 @@ class ClusterState:
         self._seen(host, now)
         task = self.tasks.get(uuid)
         if task is None:
-            task = self._track(uuid, self.names(event.get("name")), self._queue_of(host))
+            task = self._track(uuid, self.names(event.get("name")), self._queue_for(event, host))
             task.host = host
             return task
         last_start = task.started
