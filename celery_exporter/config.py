@@ -17,14 +17,16 @@ import json
 import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import __version__
 from .state import DEFAULT_RUNTIME_BUCKETS, DEFAULT_WAIT_BUCKETS, Settings
 
 ENV_PREFIX = "CELERY_EXPORTER_"
+SIDECAR_ENV_PREFIX = "CELERY_EXPORTER_SIDECAR_"
 DEFAULT_PORT = 9808
+SIDECAR_PORT = 9809
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -63,6 +65,20 @@ class Config:
 
 
 @dataclass(frozen=True)
+class SidecarConfig:
+    """Everything ``celery-exporter sidecar`` reads from its flags and environment."""
+
+    host: str
+    port: int
+    match: re.Pattern[str] | None
+    sample_interval: float
+    log_level: str
+    log_format: str
+    web_config_file: str | None = None
+    web_healthz_unauthenticated: bool = False
+
+
+@dataclass(frozen=True)
 class Option:
     """One flag: its parser, default and help, shared by argparse, the environment and docs."""
 
@@ -73,6 +89,7 @@ class Option:
     kind: str = "value"  # "value", "bool" or "pairs"
     metavar: str | None = None
     extra_env: tuple[str, ...] = ()
+    prefix: str = ENV_PREFIX
 
     @property
     def dest(self) -> str:
@@ -80,7 +97,7 @@ class Option:
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.dest.upper()
+        return self.prefix + self.dest.upper()
 
 
 # -- value parsers ---------------------------------------------------------------------------
@@ -232,6 +249,14 @@ def parse_http_url(text: str) -> str:
     return url
 
 
+def parse_regex(text: str) -> re.Pattern[str]:
+    """A regular expression (Python syntax)."""
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"expected a regular expression: {exc}") from None
+
+
 def _buckets_text(buckets: Sequence[float]) -> str:
     return ",".join(f"{b:g}" for b in buckets)
 
@@ -298,17 +323,48 @@ OPTIONS: tuple[Option, ...] = (
            "--web.config.file sets basic_auth_users.", False, parse_bool, "bool"),
 )  # fmt: skip
 
+_SHARED = {opt.flag: opt for opt in OPTIONS}
+SIDECAR_OPTIONS: tuple[Option, ...] = (
+    replace(_SHARED["--host"], prefix=SIDECAR_ENV_PREFIX),
+    replace(_SHARED["--port"], default=SIDECAR_PORT, prefix=SIDECAR_ENV_PREFIX),
+    Option("--match", "Only watch worker processes whose command line matches this regular "
+           "expression, e.g. 'celery -A proj worker'.", None, parse_regex, metavar="REGEX",
+           prefix=SIDECAR_ENV_PREFIX),
+    Option("--sample-interval", "How often to look for pool processes started and ended "
+           "(celery_worker_pool_process_restarts_total).", 1.0, parse_duration,
+           metavar="DURATION", prefix=SIDECAR_ENV_PREFIX),
+    replace(_SHARED["--log-level"], prefix=SIDECAR_ENV_PREFIX),
+    replace(_SHARED["--log-format"], prefix=SIDECAR_ENV_PREFIX),
+    replace(_SHARED["--web.config.file"], prefix=SIDECAR_ENV_PREFIX),
+    replace(_SHARED["--web.healthz-unauthenticated"], prefix=SIDECAR_ENV_PREFIX),
+)  # fmt: skip
 
-def build_parser(prog: str = "celery-exporter") -> argparse.ArgumentParser:
-    """Return the argument parser for the daemon's flags."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Prometheus exporter for Celery: follows the event stream and serves /metrics.",
-        epilog=f"Every flag can also be set with an environment variable {ENV_PREFIX}<FLAG>, "
-        "e.g. CELERY_EXPORTER_PORT=9808.",
-    )
+
+def build_parser(
+    prog: str = "celery-exporter", options: Sequence[Option] | None = None
+) -> argparse.ArgumentParser:
+    """Return the argument parser for the daemon's flags (or for ``options``)."""
+    options = OPTIONS if options is None else options
+    if options is SIDECAR_OPTIONS:
+        description = (
+            "Resource metrics (CPU, memory, I/O) of the Celery workers on this machine or pod."
+        )
+        epilog = (
+            f"Every flag can also be set with an environment variable {SIDECAR_ENV_PREFIX}<FLAG>, "
+            f"e.g. {SIDECAR_ENV_PREFIX}PORT={SIDECAR_PORT}."
+        )
+    else:
+        description = (
+            "Prometheus exporter for Celery: follows the event stream and serves /metrics. "
+            "'celery-exporter sidecar --help' describes the worker resource sidecar."
+        )
+        epilog = (
+            f"Every flag can also be set with an environment variable {ENV_PREFIX}<FLAG>, "
+            "e.g. CELERY_EXPORTER_PORT=9808."
+        )
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    for opt in OPTIONS:
+    for opt in options:
         default = opt.default
         if isinstance(default, tuple) and default and isinstance(default[0], float):
             default = _buckets_text(default)
@@ -338,10 +394,14 @@ def build_parser(prog: str = "celery-exporter") -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(namespace: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+def resolve(
+    namespace: argparse.Namespace,
+    environ: Mapping[str, str],
+    options: Sequence[Option] | None = None,
+) -> dict[str, Any]:
     """Turn parsed flags and the environment into checked values, flags first."""
     values: dict[str, Any] = {}
-    for opt in OPTIONS:
+    for opt in OPTIONS if options is None else options:
         raw = getattr(namespace, opt.dest, None)
         if raw is not None:
             values[opt.dest] = _convert(opt, raw, opt.flag)
@@ -383,6 +443,26 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
         return from_values(resolve(namespace, environ))
     except ConfigError as exc:
         parser.error(str(exc))
+
+
+def load_sidecar(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SidecarConfig:
+    """Parse the sidecar's flags and environment; exits 2 on a usage error."""
+    parser = build_parser("celery-exporter sidecar", SIDECAR_OPTIONS)
+    namespace = parser.parse_args(argv)
+    try:
+        values = resolve(namespace, environ, SIDECAR_OPTIONS)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return SidecarConfig(
+        host=values["host"],
+        port=values["port"],
+        match=values["match"],
+        sample_interval=values["sample_interval"],
+        log_level=values["log_level"],
+        log_format=values["log_format"],
+        web_config_file=values["web_config_file"],
+        web_healthz_unauthenticated=bool(values["web_healthz_unauthenticated"]),
+    )
 
 
 def from_values(values: Mapping[str, Any]) -> Config:
