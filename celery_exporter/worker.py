@@ -183,6 +183,7 @@ class WorkerExporter:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._started: dict[str, float] = {}
+        self._main_pid = 0
         self._connected: list[tuple[Any, Callable[..., None]]] = []
 
     # -- signals ------------------------------------------------------------------------------
@@ -229,7 +230,8 @@ class WorkerExporter:
             self.consumer = sender
 
     def _on_process_init(self, **_: Any) -> None:
-        if self.role != "main" or self._inbox is None:
+        # The solo pool sends worker_process_init in the main process itself.
+        if self.role != "main" or self._inbox is None or os.getpid() == self._main_pid:
             return
         # A forked pool process: keep none of the main process's sockets, send to it instead.
         self.role = "pool"
@@ -294,10 +296,11 @@ class WorkerExporter:
         cause = getattr(reason, "exc", None) or reason
         self._emit({"type": "task-retried", "uuid": request.id, "exception": _class(cause)})
 
-    def _on_revoked(self, request: Any = None, **_: Any) -> None:
-        if self.role == "idle" or request is None:
+    def _on_revoked(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        task_id = getattr(request, "id", None)
+        if self.role == "idle" or task_id is None:
             return
-        self._emit({"type": "task-revoked", "uuid": request.id, "name": request.name})
+        self._emit({"type": "task-revoked", "uuid": task_id, "name": getattr(sender, "name", None)})
 
     def _on_postrun(
         self, task_id: str | None = None, state: str | None = None, retval: Any = None, **_: Any
@@ -352,6 +355,7 @@ class WorkerExporter:
     def start(self, hostname: str) -> None:
         """Start counting and serving as the worker ``hostname``'s main process."""
         forward_to_logging()
+        self._main_pid = os.getpid()
         self.hostname = hostname
         self.state = ClusterState(self.settings, clock=self.clock)
         self.registry.register(WorkerCollector(self))
@@ -398,7 +402,9 @@ class WorkerExporter:
         if worker is None:
             return None
         autoscaler = getattr(worker, "autoscaler", None)
-        size = getattr(autoscaler, "max_concurrency", None) or getattr(worker, "concurrency", None)
+        size = getattr(autoscaler, "max_concurrency", None) or getattr(
+            getattr(worker, "pool", None), "limit", None
+        )
         return int(size) if isinstance(size, int) else None
 
     def prefetch_count(self) -> int | None:

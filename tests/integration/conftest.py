@@ -95,7 +95,7 @@ def spawn(
 
 
 class WorkerProcess:
-    """A Celery prefork worker running the test app in its own process group."""
+    """A Celery worker (prefork unless ``pool`` says) running the test app in its own group."""
 
     def __init__(
         self,
@@ -105,12 +105,16 @@ class WorkerProcess:
         queues: Sequence[str] = ("celery",),
         options: Sequence[str] = ("-c", "2"),
         env: Mapping[str, str] | None = None,
+        pool: str = "prefork",
+        events: bool = True,
     ) -> None:
         self.broker_url = broker_url
         self.nodename = f"{name}-{uuid.uuid4().hex[:6]}@itest"
         self.queues = tuple(queues)
         self.options = list(options)
         self.env = dict(env or {})
+        self.pool = pool
+        self.events = events
         self.log_path = logdir / f"worker-{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -120,7 +124,7 @@ class WorkerProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         args = [
             sys.executable, "-m", "celery", "-A", "tests.integration.taskapp", "worker",
-            "-P", "prefork", *self.options, "-E", "-n", self.nodename,
+            "-P", self.pool, *self.options, *(["-E"] if self.events else []), "-n", self.nodename,
             "-Q", ",".join(self.queues), "-l", "info", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         self.process = spawn(args, env, self.log_path, new_session=True)

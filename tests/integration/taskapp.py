@@ -2,6 +2,8 @@
 
 The broker URL comes from the ``CELERY_EXPORTER_TEST_BROKER`` environment variable, so the test
 process (which sends tasks) and the worker processes (which run them) share one private Redis.
+With ``CELERY_EXPORTER_TEST_WORKER_PORT`` set, workers run the in-worker exporter on that port
+and send no events at all (that mode needs none).
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import time
 from celery import Celery
 from celery.exceptions import Reject
 
+from celery_exporter.worker import install
+
 BROKER_ENV = "CELERY_EXPORTER_TEST_BROKER"
+WORKER_PORT_ENV = "CELERY_EXPORTER_TEST_WORKER_PORT"
+#: How often the in-worker exporter looks for pool processes that started or ended.
+SAMPLE_INTERVAL = 0.2
 
 app = Celery("taskapp", broker=os.environ.get(BROKER_ENV, "redis://127.0.0.1:1/0"))
 app.conf.update(
@@ -23,6 +30,14 @@ app.conf.update(
     broker_connection_max_retries=None,
     worker_hijack_root_logger=False,
 )
+if os.environ.get(WORKER_PORT_ENV):
+    app.conf.worker_send_task_events = False
+    install(
+        app,
+        port=int(os.environ[WORKER_PORT_ENV]),
+        host="127.0.0.1",
+        sample_interval=SAMPLE_INTERVAL,
+    )
 
 #: Seconds the retried task waits before its second run.
 RETRY_COUNTDOWN = 0.5
@@ -84,3 +99,22 @@ def revoked() -> None:
 def reject() -> None:
     """Reject the message without requeueing it."""
     raise Reject("not wanted", requeue=False)
+
+
+@app.task(name="taskapp.allocate")
+def allocate(mebibytes: int, seconds: float) -> None:
+    """Hold ``mebibytes`` of memory, every page touched, for ``seconds``."""
+    block = bytearray(mebibytes * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(seconds)
+
+
+@app.task(name="taskapp.burn")
+def burn(cpu_seconds: float, directory: str) -> None:
+    """Use ``cpu_seconds`` of CPU, then note the pool process that ran it in ``directory``."""
+    began = time.process_time()
+    while time.process_time() - began < cpu_seconds:
+        pass
+    with open(os.path.join(directory, str(os.getpid())), "a") as f:
+        f.write("run\n")
