@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from celery_exporter.config import OPTIONS, Option, load
+from celery_exporter.config import OPTIONS, SIDECAR_OPTIONS, Option, load, load_sidecar
 
 DURATION = "expected a duration such as 30, 30s, 500ms, 5m or 1h"
 COUNT = "expected a whole number of at least 1"
@@ -87,3 +87,40 @@ def test_variable_rejects_bad_value(opt: Option, capsys: pytest.CaptureFixture[s
     bad, rule = BAD[opt.flag]
     line = error_line(capsys, [], {opt.env: bad})
     assert line == f"celery-exporter: error: {opt.env}: invalid value {bad!r}: {rule}"
+
+
+SIDECAR_BAD: dict[str, tuple[str, str]] = {
+    **{flag: BAD[flag] for flag in ("--host", "--port", "--log-level", "--log-format")},
+    **{flag: BAD[flag] for flag in ("--web.config.file", "--web.healthz-unauthenticated")},
+    "--match": ("(", "expected a regular expression: missing ), unterminated subpattern at "
+               "position 0"),
+    "--sample-interval": ("-1", DURATION),
+}  # fmt: skip
+
+
+def test_every_sidecar_flag_has_a_bad_value() -> None:
+    """The sidecar table covers every flag the sidecar has."""
+    assert sorted(SIDECAR_BAD) == sorted(opt.flag for opt in SIDECAR_OPTIONS)
+
+
+@pytest.mark.parametrize("opt", SIDECAR_OPTIONS, ids=lambda o: o.flag)
+def test_sidecar_rejects_bad_value(opt: Option, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad sidecar flag or CELERY_EXPORTER_SIDECAR_ variable exits 2 naming it and the rule."""
+    bad, rule = SIDECAR_BAD[opt.flag]
+    argv, env, source = ([], {opt.env: bad}, opt.env)
+    if opt.kind != "bool":
+        argv, env, source = [f"{opt.flag}={bad}"], {}, opt.flag
+    with pytest.raises(SystemExit) as caught:
+        load_sidecar(argv, env)
+    assert caught.value.code == 2
+    line = capsys.readouterr().err.rstrip("\n").splitlines()[-1]
+    assert line == f"celery-exporter sidecar: error: {source}: invalid value {bad!r}: {rule}"
+
+
+def test_sidecar_defaults_and_variables() -> None:
+    """The sidecar listens on 9809 by default and reads its own CELERY_EXPORTER_SIDECAR_ names."""
+    cfg = load_sidecar([], {"CELERY_EXPORTER_PORT": "1234"})
+    assert (cfg.host, cfg.port, cfg.match, cfg.sample_interval) == ("0.0.0.0", 9809, None, 1.0)
+    cfg = load_sidecar(["--match", "-A proj"], {"CELERY_EXPORTER_SIDECAR_PORT": "9999"})
+    assert cfg.port == 9999
+    assert cfg.match is not None and cfg.match.pattern == "-A proj"

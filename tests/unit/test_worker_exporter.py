@@ -1,0 +1,186 @@
+"""The in-worker exporter driven by Celery's real signals, sent with scripted senders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from celery import signals
+from celery.exceptions import Reject, Retry, TimeLimitExceeded
+
+from celery_exporter.testing import free_port, parse_metrics, value, wait_for
+from celery_exporter.worker import WorkerExporter, install
+
+HOST = "w1@box"
+QUEUE = "images"
+
+
+@dataclass(eq=False)
+class Pool:
+    limit: int = 4
+
+
+@dataclass(eq=False)
+class Worker:
+    """What worker_init's sender offers."""
+
+    app: Any
+    hostname: str = HOST
+    pool: Pool = field(default_factory=Pool)
+    autoscaler: Any = None
+
+
+@dataclass(eq=False)
+class Context:
+    id: str
+    delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": QUEUE})
+
+
+@dataclass(eq=False)
+class Task:
+    name: str
+    request: Context
+
+
+@dataclass(eq=False)
+class Request:
+    """What task_received's request offers."""
+
+    id: str
+    name: str
+    delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": QUEUE})
+    eta: str | None = None
+
+
+class App:
+    """Stands for the user's Celery app: only its identity matters."""
+
+
+@pytest.fixture
+def exporter() -> Iterator[WorkerExporter]:
+    """An exporter installed for an app, started by a worker_init of that app."""
+    app = App()
+    exp = install(app, port=free_port(), host="127.0.0.1", resources=False)
+    signals.worker_init.send(sender=Worker(app))
+    try:
+        yield exp
+    finally:
+        exp.stop()
+        exp.disconnect()
+
+
+def run(name: str, task_id: str, outcome: str, exc: BaseException | None = None) -> None:
+    """Send the signals a worker sends for one task run in its main process."""
+    task = Task(name, Context(task_id))
+    signals.task_received.send(sender=None, request=Request(task_id, name))
+    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=(), kwargs={})
+    state = {"success": "SUCCESS", "failure": "FAILURE", "retry": "RETRY", "reject": "REJECTED"}
+    if outcome == "success":
+        signals.task_success.send(sender=task, result=1)
+    elif outcome == "failure":
+        signals.task_failure.send(sender=task, task_id=task_id, exception=exc)
+    elif outcome == "retry":
+        signals.task_retry.send(sender=task, request=task.request, reason=exc)
+    retval = exc if outcome == "reject" else None
+    signals.task_postrun.send(
+        sender=task, task_id=task_id, task=task, state=state[outcome], retval=retval
+    )
+
+
+def samples(exp: WorkerExporter) -> dict[Any, float]:
+    """What /metrics would serve now."""
+    from prometheus_client import generate_latest
+
+    return parse_metrics(generate_latest(exp.registry).decode())
+
+
+def test_signals_before_worker_init_do_nothing() -> None:
+    """An installed exporter stays idle in processes that are not the app's worker."""
+    app = App()
+    exp = install(app, port=free_port(), host="127.0.0.1", resources=False)
+    try:
+        signals.worker_init.send(sender=Worker(App()))  # another app's worker
+        run("t.a", "id-0", "success")
+        assert exp.role == "idle"
+        assert exp.state is None
+        assert exp.server is None
+    finally:
+        exp.disconnect()
+
+
+def test_main_process_counts(exporter: WorkerExporter) -> None:
+    """Runs in the main process (solo, threads) count exactly, with hostname and queue."""
+    run("t.ok", "id-1", "success")
+    run("t.ok", "id-2", "success")
+    run("t.bad", "id-3", "failure", ValueError("x"))
+    run("t.again", "id-4", "retry", Retry(exc=RuntimeError("later")))
+    run("t.no", "id-5", "reject", Reject("no", requeue=False))
+    signals.task_failure.send(
+        sender=Task("t.no", Context("id-5")), task_id="id-5", exception=Reject("no")
+    )
+    # A hard time limit: Celery's main process sends task_failure twice for one task.
+    hard = Task("t.slow", Context("id-6"))
+    signals.task_received.send(sender=None, request=Request("id-6", "t.slow"))
+    signals.task_prerun.send(sender=hard, task_id="id-6", task=hard)
+    for _ in range(2):
+        signals.task_failure.send(sender=hard, task_id="id-6", exception=TimeLimitExceeded(1))
+    signals.task_revoked.send(sender=Task("t.late", Context("id-7")), request=Context("id-7"))
+    signals.task_unknown.send(sender=None, name="t.missing", id="id-8", message=None, exc=None)
+    got = samples(exporter)
+    labels = {"hostname": HOST, "queue_name": QUEUE}
+    assert value(got, "celery_task_succeeded_total", name="t.ok", **labels) == 2
+    assert (
+        value(got, "celery_task_failed_total", name="t.bad", exception="ValueError", **labels) == 1
+    )
+    assert (
+        value(got, "celery_task_retried_total", name="t.again", exception="RuntimeError", **labels)
+        == 1
+    )
+    assert value(got, "celery_task_rejected_total", name="t.no", **labels) == 1
+    assert value(got, "celery_task_failed_total", name="t.no", exception="Reject", **labels) == 1
+    assert (
+        value(
+            got, "celery_task_failed_total", name="t.slow", exception="TimeLimitExceeded", **labels
+        )
+        == 1
+    )
+    assert value(got, "celery_task_timeouts_total", name="t.slow", kind="hard", **labels) == 1
+    assert (
+        value(got, "celery_task_revoked_total", name="t.late", hostname=HOST, queue_name="celery")
+        == 1
+    )
+    assert (
+        value(got, "celery_task_runtime_seconds_count", name="t.ok", state="succeeded", **labels)
+        == 2
+    )
+    assert value(got, "celery_worker_task_errors_total", hostname=HOST, kind="unknown_task") == 1
+    assert value(got, "celery_worker_pool_size", hostname=HOST) == 4
+    for name in ("t.ok", "t.bad", "t.again", "t.no", "t.slow"):
+        assert value(got, "celery_tasks_active", name=name, **labels) == 0, name
+
+
+def test_pool_process_events_reach_the_main_process(exporter: WorkerExporter) -> None:
+    """A forked pool process sends its signals to the main process, which counts them."""
+    pid = os.fork()
+    if pid == 0:  # the pool process
+        try:
+            signals.worker_process_init.send(sender=None)
+            for i in range(50):
+                run("t.child", f"child-{i}", "success")
+            os._exit(0 if exporter.role == "pool" else 3)
+        finally:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    labels = {"name": "t.child", "hostname": HOST, "queue_name": QUEUE}
+    wait_for(
+        lambda: value(samples(exporter), "celery_task_succeeded_total", **labels) == 50, 10, 0.05
+    )
+    got = samples(exporter)
+    assert value(got, "celery_task_started_total", **labels) == 50
+    assert value(got, "celery_task_received_total", **labels) == 50
+    assert value(got, "celery_exporter_worker_events_dropped_total") == 0
+    assert exporter.role == "main"
