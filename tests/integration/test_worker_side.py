@@ -99,7 +99,11 @@ def start_in_worker(
             raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
         return endpoint.answers()
 
-    wait_for(serving, START_TIMEOUT, 0.2, f"the exporter in {worker.nodename}")
+    try:
+        wait_for(serving, START_TIMEOUT, 0.2, f"the exporter in {worker.nodename}")
+    except BaseException:
+        worker.stop()
+        raise
     return worker, endpoint
 
 
