@@ -52,10 +52,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP) ## Create .venv and install the package with its dev tools
 
-system-deps: ## Install the system packages the tests and the demo run (redis-server, rabbitmq-server)
+system-deps: ## Install the system packages the tests and the demo run (redis-server, rabbitmq-server, prometheus, alertmanager)
 	$(call ensure-command,redis-server,redis-server)
 	@# Debian puts rabbitmq-server in /usr/sbin, often not on a user's PATH: name it in full.
 	$(call ensure-command,/usr/sbin/rabbitmq-server,rabbitmq-server)
+	@# Debian's prometheus package ships both prometheus and promtool.
+	$(call ensure-command,promtool,prometheus)
+	$(call ensure-command,prometheus,prometheus)
+	$(call ensure-command,prometheus-alertmanager,prometheus-alertmanager)
+	$(call ensure-command,amtool,prometheus-alertmanager)
 
 lint: install ## ruff check, ruff format --check, mypy (package, then demo/)
 	$(BIN)/ruff check .
