@@ -1,7 +1,8 @@
 """Run the exporter against a live Celery worker and print what it reports.
 
-Starts a private redis-server, a prefork worker running ``tasks.py``, a load generator and
-``python -m celery_exporter``, then prints a summary read from ``/metrics`` every few seconds.
+Starts a private redis-server, a prefork worker running ``tasks.py``, a load generator,
+``python -m celery_exporter`` and the resource sidecar (``python -m celery_exporter sidecar``),
+then prints a summary read from both ``/metrics`` every few seconds.
 Ctrl-C, SIGTERM, SIGHUP or ``--duration`` stop all of them. Logs go to ``.demo/`` in the repository.
 Usage: ``make demo`` or ``.venv/bin/python demo/run.py [--duration S] [--rate N] [--port P]``.
 """
@@ -147,6 +148,18 @@ def summary(samples: Mapping[Sample, float], elapsed: float, events_per_s: float
     )
 
 
+def resources(samples: Mapping[Sample, float]) -> str:
+    """The sidecar's view of the demo worker's processes, in one line."""
+    pool = {"role": "pool"}
+    largest = total(samples, "celery_worker_pool_process_max_resident_memory_bytes")
+    return (
+        f"        worker processes (sidecar): pool {total(samples, 'celery_worker_pool_processes'):.0f}"
+        f" | largest pool RSS {largest / 2**20:.0f} MiB"
+        f" | pool CPU {total(samples, 'celery_worker_process_cpu_seconds_total', **pool):.1f}s"
+        f" | pool restarts {total(samples, 'celery_worker_pool_process_restarts_total'):.0f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = contextlib.ExitStack()
     worker: subprocess.Popen[bytes] | None = None
     exporter: subprocess.Popen[bytes] | None = None
+    sidecar: subprocess.Popen[bytes] | None = None
     load: threading.Thread | None = None
     load_stop = threading.Event()
     metrics = f"http://{HOST}:{port}/metrics"
@@ -234,6 +248,22 @@ def main(argv: list[str] | None = None) -> int:
         host = socket.gethostname()
         say(f"demo: worker demo@{host} up (prefork, 2 processes, -E)  (log: .demo/worker.log)")
 
+        side_port = free_port(HOST)
+        side_metrics = f"http://{HOST}:{side_port}/metrics"
+        sidecar_log = logs.enter_context((LOG_DIR / "sidecar.log").open("wb"))
+        sidecar = start(
+            [sys.executable, "-m", "celery_exporter", "sidecar", "--host", HOST,
+             "--port", str(side_port), "--match", "-n demo@", "--log-format", "json"],
+            sidecar_log,
+        )  # fmt: skip
+        wait_for(
+            lambda: stop.is_set() or sidecar.poll() is not None or _found(side_metrics), 30,
+            what="the sidecar to find the worker",
+        )  # fmt: skip
+        if sidecar.poll() is not None:
+            raise RuntimeError(f"the sidecar exited; see {sidecar_log.name}")
+        say(f"demo: resource sidecar serving {side_metrics}  (log: .demo/sidecar.log)")
+
         load = threading.Thread(target=generate_load, args=(opts.rate, load_stop), daemon=True)
         load.start()
         until = f"for {opts.duration:g}s" if opts.duration else "until Ctrl-C"
@@ -243,12 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         last_events = total(scrape(metrics), "celery_exporter_events_total")
         deadline = began + opts.duration if opts.duration else float("inf")
         while not stop.wait(max(0.0, min(opts.interval, deadline - time.monotonic()))):
-            for proc, name in ((worker, "worker"), (exporter, "exporter")):
+            for proc, name in ((worker, "worker"), (exporter, "exporter"), (sidecar, "sidecar")):
                 if proc.poll() is not None:
                     raise RuntimeError(f"the {name} exited unexpectedly; see .demo/{name}.log")
             samples, now = scrape(metrics), time.monotonic()
             events = total(samples, "celery_exporter_events_total")
             say(summary(samples, now - began, (events - last_events) / (now - last_time)))
+            say(resources(scrape(side_metrics)))
             last_events, last_time = events, now
             if now >= deadline:
                 break
@@ -268,17 +299,25 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, RuntimeError) as exc:
                 say(f"demo: could not read the final summary: {exc}")
         stop_group(exporter, "exporter", 10)
+        stop_group(sidecar, "sidecar", 10)
         with contextlib.suppress(RedisError):
             Redis(host=HOST, port=broker.port, socket_timeout=5).shutdown(nosave=True)
         broker.__exit__(None, None, None)  # waits for it and removes its directory
         logs.close()
-        say("demo: stopped worker, exporter and redis-server")
+        say("demo: stopped worker, exporter, sidecar and redis-server")
     return status
 
 
 def _up(metrics: str) -> bool:
     try:
         return value(scrape(metrics, timeout=1), "celery_exporter_broker_up") == 1
+    except (OSError, RuntimeError):
+        return False
+
+
+def _found(metrics: str) -> bool:
+    try:
+        return value(scrape(metrics, timeout=1), "celery_exporter_workers_found") >= 1
     except (OSError, RuntimeError):
         return False
 
