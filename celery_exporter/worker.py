@@ -138,7 +138,7 @@ class _Outbox:
                 )
                 self.dropped = 0
             self.sock.sendto(orjson.dumps(event), self.address)
-        except OSError:
+        except (OSError, TypeError):  # TypeError: a field orjson cannot encode
             self.dropped += 1
 
 
