@@ -61,7 +61,7 @@ OPERATIONS = {
 #: The one recorded metric that is no family of its own: succeeded + failed.
 DERIVED_METRICS = {"celery_task_finished"}
 SEVERITIES = {"critical", "warning", "info"}
-RUNBOOK_URL = re.compile(r"^https://\S+/docs/runbooks\.md#([a-z0-9-]+)$")
+RUNBOOK_URL = re.compile(r"^docs/runbooks\.md#([a-z0-9-]+)$")
 DURATION = re.compile(r"^(\d+)([smh])$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
