@@ -15,26 +15,39 @@ INSTALL_PACKAGES ?= auto
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps lint test demo clean
 
-# $(call ensure-command,COMMAND,DEBIAN_PACKAGE): when COMMAND is not on PATH, install
-# DEBIAN_PACKAGE with apt-get (see INSTALL_PACKAGES), or fail saying what to install.
-define ensure-command
-@if ! command -v $(1) >/dev/null 2>&1; then \
-	need="$(1) is not on PATH; install it with: sudo apt-get install $(2)"; \
-	if [ "$(INSTALL_PACKAGES)" != auto ]; then \
-		echo "error: $$need" >&2; exit 1; \
-	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "error: $(1) is not on PATH; install the package that provides it (Debian/Ubuntu: $(2))" >&2; exit 1; \
-	elif [ "$$(id -u)" = 0 ]; then sudo=; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then sudo="sudo -n"; \
-	else \
-		echo "error: $$need (make does it itself when run as root or with passwordless sudo)" >&2; exit 1; \
-	fi; \
-	echo "$(1) not found: installing the Debian package $(2)"; \
-	$$sudo apt-get update && \
-	$$sudo env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y --no-install-recommends $(2) || exit 1; \
-	command -v $(1) >/dev/null 2>&1 || { echo "error: $(2) installed, but $(1) is still not on PATH" >&2; exit 1; }; \
-fi
+# COMMAND:DEBIAN_PACKAGE pairs that system-deps makes sure of. Debian puts rabbitmq-server in
+# /usr/sbin, often not on a user's PATH, so it is named in full; Debian's prometheus package
+# ships both prometheus and promtool, prometheus-alertmanager both alertmanager and amtool.
+SYSTEM_DEPS := redis-server:redis-server /usr/sbin/rabbitmq-server:rabbitmq-server \
+	promtool:prometheus prometheus:prometheus \
+	prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager \
+	docker-compose:docker-compose
+
+# Install, in one apt-get run, the Debian packages of the SYSTEM_DEPS commands not on PATH (see
+# INSTALL_PACKAGES), or fail saying what to install.
+define ensure-commands
+@missing=; for pair in $(SYSTEM_DEPS); do \
+	command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+done; \
+missing=$$(printf '%s\n' $$missing | sort -u | tr '\n' ' ' | sed 's/ *$$//'); \
+[ -z "$$missing" ] && exit 0; \
+need="missing Debian packages; install them with: sudo apt-get install $$missing"; \
+if [ "$(INSTALL_PACKAGES)" != auto ]; then \
+	echo "error: $$need" >&2; exit 1; \
+elif ! command -v apt-get >/dev/null 2>&1; then \
+	echo "error: install the packages that provide them (Debian/Ubuntu: $$missing)" >&2; exit 1; \
+elif [ "$$(id -u)" = 0 ]; then sudo=; \
+elif command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then sudo="sudo -n"; \
+else \
+	echo "error: $$need (make does it itself when run as root or with passwordless sudo)" >&2; exit 1; \
+fi; \
+echo "installing the Debian packages $$missing"; \
+$$sudo apt-get update && \
+$$sudo env DEBIAN_FRONTEND=noninteractive \
+	apt-get install -y --no-install-recommends $$missing || exit 1; \
+for pair in $(SYSTEM_DEPS); do \
+	command -v "$${pair%%:*}" >/dev/null 2>&1 || { echo "error: $${pair#*:} installed, but $${pair%%:*} is still not on PATH" >&2; exit 1; }; \
+done
 endef
 
 help: ## Show this list
@@ -52,15 +65,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP) ## Create .venv and install the package with its dev tools
 
-system-deps: ## Install the system packages the tests and the demo run (redis-server, rabbitmq-server, prometheus, alertmanager)
-	$(call ensure-command,redis-server,redis-server)
-	@# Debian puts rabbitmq-server in /usr/sbin, often not on a user's PATH: name it in full.
-	$(call ensure-command,/usr/sbin/rabbitmq-server,rabbitmq-server)
-	@# Debian's prometheus package ships both prometheus and promtool.
-	$(call ensure-command,promtool,prometheus)
-	$(call ensure-command,prometheus,prometheus)
-	$(call ensure-command,prometheus-alertmanager,prometheus-alertmanager)
-	$(call ensure-command,amtool,prometheus-alertmanager)
+system-deps: ## Install the system packages the tests and the demo run (Redis, RabbitMQ, Prometheus, Alertmanager, docker-compose)
+	$(call ensure-commands)
 
 lint: install ## ruff check, ruff format --check, mypy (package, then demo/)
 	$(BIN)/ruff check .
