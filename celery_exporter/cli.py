@@ -1,14 +1,19 @@
-"""The ``celery-exporter`` command."""
+"""The ``celery-exporter`` command, and its ``sidecar`` subcommand."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from . import config as config_module
 from . import log
 from .redact import url_secrets
+
+
+class _Runnable(Protocol):
+    def run(self) -> int: ...
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,18 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(cfg.log_level, cfg.log_format, secrets=secrets)
     from .daemon import Daemon
 
-    try:
-        daemon = Daemon(cfg)
-    except OSError as exc:
-        log.get_logger(__name__).error(
-            "cannot_listen",
-            host=cfg.host,
-            port=cfg.port,
-            error=str(exc),
-            hint="choose a free port with --port or CELERY_EXPORTER_PORT",
-        )
-        return 2
-    return daemon.run()
+    return _serve(lambda: Daemon(cfg), cfg.host, cfg.port, "--port or CELERY_EXPORTER_PORT")
 
 
 def sidecar(argv: Sequence[str]) -> int:
@@ -41,15 +35,22 @@ def sidecar(argv: Sequence[str]) -> int:
     log.configure(cfg.log_level, cfg.log_format)
     from .sidecar import Sidecar
 
+    return _serve(
+        lambda: Sidecar(cfg), cfg.host, cfg.port, "--port or CELERY_EXPORTER_SIDECAR_PORT"
+    )
+
+
+def _serve(build: Callable[[], _Runnable], host: str, port: int, port_setting: str) -> int:
+    """Build and run a server; exit 2 when its port cannot be bound."""
     try:
-        side = Sidecar(cfg)
+        server = build()
     except OSError as exc:
         log.get_logger(__name__).error(
             "cannot_listen",
-            host=cfg.host,
-            port=cfg.port,
+            host=host,
+            port=port,
             error=str(exc),
-            hint="choose a free port with --port or CELERY_EXPORTER_SIDECAR_PORT",
+            hint=f"choose a free port with {port_setting}",
         )
         return 2
-    return side.run()
+    return server.run()

@@ -435,24 +435,26 @@ def _shown(value: str) -> str:
     return repr(mask_url(value))
 
 
-def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
-    """Parse flags and environment into a :class:`Config`; exits 2 on a usage error."""
-    parser = build_parser()
+def _parse(
+    prog: str, options: Sequence[Option], argv: Sequence[str] | None, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """Parse and check flags and environment; a usage error exits 2 with the parser's message."""
+    parser = build_parser(prog, options)
     namespace = parser.parse_args(argv)
     try:
-        return from_values(resolve(namespace, environ))
+        return resolve(namespace, environ, options)
     except ConfigError as exc:
         parser.error(str(exc))
+
+
+def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
+    """Parse flags and environment into a :class:`Config`; exits 2 on a usage error."""
+    return from_values(_parse("celery-exporter", OPTIONS, argv, environ))
 
 
 def load_sidecar(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SidecarConfig:
     """Parse the sidecar's flags and environment; exits 2 on a usage error."""
-    parser = build_parser("celery-exporter sidecar", SIDECAR_OPTIONS)
-    namespace = parser.parse_args(argv)
-    try:
-        values = resolve(namespace, environ, SIDECAR_OPTIONS)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    values = _parse("celery-exporter sidecar", SIDECAR_OPTIONS, argv, environ)
     return SidecarConfig(
         host=values["host"],
         port=values["port"],
