@@ -142,6 +142,12 @@ def worker_families(snap: Snapshot) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "celery_worker_up", "1 while the worker sends heartbeats, else 0.", labels=host
     )
+    shutdown = GaugeMetricFamily(
+        "celery_worker_shutdown_timestamp_seconds",
+        "When the worker announced its shutdown (worker-offline); absent while it is up and for "
+        "a worker lost without one.",
+        labels=host,
+    )
     heartbeat = GaugeMetricFamily(
         "celery_worker_last_heartbeat_timestamp_seconds",
         "When the exporter last received a heartbeat from the worker.",
@@ -175,6 +181,8 @@ def worker_families(snap: Snapshot) -> Iterator[Metric]:
     for name, (is_up, w) in sorted(snap.workers.items()):
         label = [name]
         up.add_metric(label, 1 if is_up else 0)
+        if not w.online and w.offline_since is not None:
+            shutdown.add_metric(label, w.offline_since)
         if w.last_heartbeat is not None:
             heartbeat.add_metric(label, w.last_heartbeat)
         active.add_metric(label, w.active if is_up else 0)
@@ -186,7 +194,7 @@ def worker_families(snap: Snapshot) -> Iterator[Metric]:
                 family.add_metric(label, value)
         if w.sw_ident or w.sw_ver or w.sw_sys:
             info.add_metric(label, {"sw_ident": w.sw_ident, "sw_ver": w.sw_ver, "sw_sys": w.sw_sys})
-    yield from (up, heartbeat, active, busy, reserved, processed, *loads, info)
+    yield from (up, shutdown, heartbeat, active, busy, reserved, processed, *loads, info)
 
 
 def event_self_families(snap: Snapshot) -> Iterator[Metric]:

@@ -19,7 +19,7 @@ from celery_exporter.testing import ManualClock, parse_metrics
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 T0 = 1_700_000_000.0
-W1, W2, W3 = "celery@w1", "celery@w2", "celery@w3"
+W1, W2, W3, W4 = "celery@w1", "celery@w2", "celery@w3", "celery@w4"
 PRODUCER = "gen4242@api-1"
 BUILD = {
     "version": "0.1.0",
@@ -86,6 +86,7 @@ def replay() -> tuple[CollectorRegistry, ClusterState, ManualClock]:
         worker("online", W1, T0, loadavg=[0.5, 0.25, 0.1], **load),
         worker("online", W2, T0, loadavg=[1.0, 0.75, 0.5], **load),
         worker("online", W3, T0, loadavg=[0.0, 0.0, 0.0], **load),
+        worker("online", W4, T0, loadavg=[0.0, 0.0, 0.0], **load),
     )
     # a1: sent, received, started, succeeded (runtime 0.3; queue wait 1.5; prefetch wait 1.0)
     at(T0, sent("a1", "app.add", "celery", T0))
@@ -162,6 +163,8 @@ def replay() -> tuple[CollectorRegistry, ClusterState, ManualClock]:
     # an event type the exporter does not know, and a message it could not decode
     at(T0 + 29, {"type": "task-custom", "uuid": "c1", "timestamp": T0 + 29})
     state.count_malformed("json")
+    # w4 shuts down (a deploy): it says so
+    at(T0 + 40, worker("offline", W4, T0 + 40))
     # w1 and w2 keep beating; w3 has been silent since T0
     at(
         T0 + 59,
@@ -210,7 +213,15 @@ def test_golden_key_values() -> None:
     assert value("celery_tasks_active", **long) == 1
     assert value("celery_tasks_active_oldest_start_timestamp_seconds", **long) == T0 + 26
     assert value("celery_worker_up", hostname=W3) == 0
+    assert value("celery_worker_up", hostname=W4) == 0
     assert value("celery_worker_up", hostname=W2) == 1
+    # Only the worker that announced its shutdown has a shutdown time; the lost one has none.
+    shutdowns = {
+        k: v for k, v in samples.items() if k[0] == "celery_worker_shutdown_timestamp_seconds"
+    }
+    assert shutdowns == {
+        ("celery_worker_shutdown_timestamp_seconds", frozenset({("hostname", W4)})): T0 + 40
+    }
     assert value("celery_worker_pool_busy", hostname=W2) == 1
     assert value("celery_worker_tasks_reserved", hostname=W1) == 1
     assert value("celery_exporter_events_duplicate_total") == 1

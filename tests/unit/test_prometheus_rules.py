@@ -32,20 +32,8 @@ needs_amtool = pytest.mark.skipif(
     reason="amtool missing: `make system-deps` installs Debian's prometheus-alertmanager",
 )
 
-#: Families of the worker side (in-worker exporter and resource sidecar) the README lacks so far.
-WORKER_SIDE_FAMILIES = {
-    "celery_worker_pool_process_max_resident_memory_bytes",
-    "celery_worker_pool_processes",
-    "celery_worker_pool_process_restarts_total",
-    "celery_worker_process_cpu_seconds_total",
-    "celery_worker_process_resident_memory_bytes",
-    "celery_worker_process_io_read_bytes_total",
-    "celery_worker_process_io_write_bytes_total",
-    "celery_worker_process_open_fds",
-    "celery_worker_process_threads",
-}
-#: Metric families the README's metric tables document (the contract), plus the worker side's.
-FAMILIES = set(re.findall(r"^\| `(celery_\w+)`", README.read_text(), re.M)) | WORKER_SIDE_FAMILIES
+#: Metric families the README's metric tables document (the contract).
+FAMILIES = set(re.findall(r"^\| `(celery_\w+)`", README.read_text(), re.M))
 #: Labels a recording rule's level may name: the labels its output keeps.
 LEVEL_LABELS = {"job", "name", "queue_name", "state", "quantile", "exception", "kind", "hostname"}
 #: Operations the recording rules apply, newest first (Prometheus naming conventions).
@@ -329,6 +317,12 @@ def test_alert_tests_assert_exact_labels_and_every_annotation(alert: str) -> Non
 
 #: Guards inside the rules, each with the alert whose test groups must catch its loss.
 GUARDS = [
+    (
+        "CeleryWorkerDown",
+        ALERTS,
+        "\n          unless max without (instance, pod) (celery_worker_shutdown_timestamp_seconds)",
+        "",
+    ),
     (
         "CeleryQueueGrowing",
         ALERTS,
