@@ -135,13 +135,8 @@ class RedisServer(_PrivateServer):
 
     def stop(self) -> None:
         """Stop the server and wait for it to exit."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            terminate(self.process, 10)
         self.process = None
 
 
@@ -227,6 +222,18 @@ class RabbitMQServer(_PrivateServer):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
+
+
+def terminate(process: subprocess.Popen[bytes], grace: float = 15.0) -> int:
+    """SIGTERM a process, SIGKILL it if it outlives ``grace`` seconds; return its exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
 
 
 def fetch(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -31,6 +31,7 @@ from celery_exporter.testing import (
     fetch,
     free_port,
     scrape,
+    terminate,
     value,
     wait_for,
 )
@@ -229,16 +230,7 @@ class ExporterProcess:
 
     def stop(self) -> int | None:
         """SIGTERM the exporter (SIGKILL if it lingers); return its exit status."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
+        return None if self.process is None else terminate(self.process)
 
 
 class Client:

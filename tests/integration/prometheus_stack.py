@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
-from celery_exporter.testing import fetch, free_port, wait_for
+from celery_exporter.testing import fetch, free_port, terminate, wait_for
 
 PROMETHEUS_MISSING = (
     "prometheus is not on PATH: `make system-deps` installs Debian's prometheus "
@@ -232,15 +232,8 @@ class _Server:
 
     def stop(self) -> None:
         """SIGTERM the server (SIGKILL if it lingers) and wait for it."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            terminate(self.process)
 
     def close(self) -> None:
         """Stop the server and remove its directory."""

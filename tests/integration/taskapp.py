@@ -3,7 +3,8 @@
 The broker URL comes from the ``CELERY_EXPORTER_TEST_BROKER`` environment variable, so the test
 process (which sends tasks) and the worker processes (which run them) share one private Redis.
 With ``CELERY_EXPORTER_TEST_WORKER_PORT`` set, workers run the in-worker exporter on that port
-and send no events at all (that mode needs none).
+and send no events at all (that mode needs none); ``CELERY_EXPORTER_TEST_EVENTS=0`` turns events
+off without it (a baseline for benchmarks).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from celery_exporter.worker import install
 
 BROKER_ENV = "CELERY_EXPORTER_TEST_BROKER"
 WORKER_PORT_ENV = "CELERY_EXPORTER_TEST_WORKER_PORT"
+EVENTS_ENV = "CELERY_EXPORTER_TEST_EVENTS"
 #: How often the in-worker exporter looks for pool processes that started or ended.
 SAMPLE_INTERVAL = 0.2
 
@@ -30,8 +32,9 @@ app.conf.update(
     broker_connection_max_retries=None,
     worker_hijack_root_logger=False,
 )
-if os.environ.get(WORKER_PORT_ENV):
+if os.environ.get(WORKER_PORT_ENV) or os.environ.get(EVENTS_ENV) == "0":
     app.conf.worker_send_task_events = False
+if os.environ.get(WORKER_PORT_ENV):
     install(
         app,
         port=int(os.environ[WORKER_PORT_ENV]),

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from celery_exporter.testing import RedisServer, Sample, fetch, free_port, scrape, value, wait_for
+from celery_exporter.testing import (
+    RedisServer,
+    Sample,
+    fetch,
+    free_port,
+    scrape,
+    terminate,
+    value,
+    wait_for,
+)
 from tests.integration import taskapp
 from tests.integration.conftest import (
     EVENT_TIMEOUT,
@@ -324,8 +333,7 @@ class SidecarProcess:
 
     def stop(self) -> int:
         """SIGTERM the sidecar; return its exit status."""
-        self.process.terminate()
-        return self.process.wait(15)
+        return terminate(self.process)
 
 
 @pytest.fixture(scope="module")
