@@ -967,7 +967,7 @@ def workers() -> Json:
             [Target(age("celery_worker_last_heartbeat_timestamp_seconds", "hostname"))],
             "s",
         ),
-        row("Processes (resource sidecar)"),
+        row("Processes (resource sidecar or in-worker exporter)"),
         timeseries(
             "CPU",
             "CPU time per second of the main process and of the pool children (1 = one core).",
@@ -1005,6 +1005,40 @@ def workers() -> Json:
             "none",
         ),
         timeseries(
+            "Lost and shut-down workers",
+            "Workers down that never announced a shutdown (what CeleryWorkerDown pages on), and "
+            "workers that shut down warm (deploys, scale-downs); down workers stay listed for "
+            "--worker-purge-after.",
+            [
+                Target(
+                    or_zero(
+                        f"count({gauge('celery_worker_up', 'hostname')} == 0 unless "
+                        f"{gauge('celery_worker_shutdown_timestamp_seconds', 'hostname')})"
+                    ),
+                    "lost",
+                ),
+                Target(
+                    or_zero(
+                        f"count({gauge('celery_worker_shutdown_timestamp_seconds', 'hostname')})"
+                    ),
+                    "shut down",
+                ),
+            ],
+            "none",
+        ),
+        timeseries(
+            "Messages the worker could not run",
+            "In-worker exporter: messages naming an unregistered task, messages that are not "
+            "tasks, and Celery's internal errors, in each rate window.",
+            [
+                Target(
+                    f"max by (hostname, kind) ({increase('celery_worker_task_errors_total')})",
+                    "{{hostname}} {{kind}}",
+                )
+            ],
+            "none",
+        ),
+        timeseries(
             "Disk I/O",
             "Bytes read and written per second by the main process and the pool children.",
             [
@@ -1035,7 +1069,8 @@ def workers() -> Json:
     return dashboard(
         "celery-workers",
         "Celery / Workers",
-        "Worker liveness, pool use and prefetch; process CPU, memory and I/O need the sidecar.",
+        "Worker liveness, pool use and prefetch; process CPU, memory and I/O come from the "
+        "resource sidecar or the in-worker exporter.",
         panels,
     )
 
@@ -1289,6 +1324,19 @@ def exporter() -> Json:
                 )
             ],
             "s",
+            width=8,
+        ),
+        timeseries(
+            "Worker events dropped",
+            "In-worker exporter: signals a pool process could not hand to the main process "
+            "(not counted anywhere else), in each rate window.",
+            [
+                Target(
+                    per_instance(increase("celery_exporter_worker_events_dropped_total")),
+                    "{{job}} {{instance}}",
+                )
+            ],
+            "none",
             width=8,
         ),
         timeseries(
