@@ -120,6 +120,7 @@ def signal_path(tasks: int) -> None:
     app = object()
     exporter = install(app, port=free_port(), host="127.0.0.1", resources=False)
     signals.worker_init.send(sender=_Worker(app))
+    signals.worker_ready.send(sender=None)  # no event loop: the inbox thread receives
     try:
         began = time.process_time()
         for i in range(tasks):
@@ -162,6 +163,7 @@ def start_worker(
     env = {**os.environ, "CELERY_EXPORTER_TEST_BROKER": broker, "PYTHONPATH": str(ROOT)}
     env.pop(PORT_ENV, None)
     env["CELERY_EXPORTER_TEST_EVENTS"] = "1" if events else "0"
+    env["CELERY_EXPORTER_TEST_SAMPLE_INTERVAL"] = "1"  # install()'s default, not the tests' 0.2
     if port is not None:
         env[PORT_ENV] = str(port)
     args = [

@@ -30,6 +30,7 @@ Options of :func:`install`:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -59,6 +60,8 @@ DEFAULT_PORT = 9809
 #: Longest a pool process waits to hand one event to the main process before dropping it.
 SEND_TIMEOUT = 1.0
 _MAX_DATAGRAM = 65536
+#: How often the inbox thread checks whether the event loop has taken over.
+_THREAD_POLL = 0.5
 #: Errors counted in ``celery_worker_task_errors_total``, by the signal that reports them.
 ERROR_KINDS = {
     "task_unknown": "unknown_task",
@@ -75,7 +78,11 @@ def install(app: Any, port: int = DEFAULT_PORT, **options: Any) -> WorkerExporte
 
 
 class _Inbox:
-    """The main process's end: receives pool processes' events and applies them."""
+    """The main process's end: receives pool processes' events and applies them.
+
+    It reads in the worker's own event loop when the worker has one (prefork on Redis or
+    RabbitMQ), so that an event costs no thread wake-up, and on a thread of its own otherwise.
+    """
 
     def __init__(self, apply: Callable[[dict[str, Any]], None]) -> None:
         self.apply = apply
@@ -88,29 +95,56 @@ class _Inbox:
             self.address = os.path.join(tempfile.mkdtemp(prefix="celery-exporter-"), "inbox")
         self.sock.bind(self.address)
         self.malformed = 0
-        self._thread = threading.Thread(target=self._run, name="worker-exporter-inbox", daemon=True)
+        self.hub: Any = None
 
     def start(self) -> None:
-        """Receive on a daemon thread."""
-        self._thread.start()
+        """Receive on a daemon thread, until :meth:`use_hub` moves receiving to an event loop."""
+        self.sock.settimeout(_THREAD_POLL)
+        thread = threading.Thread(target=self._run, name="worker-exporter-inbox", daemon=True)
+        thread.start()
 
-    def _run(self) -> None:
+    def use_hub(self, hub: Any) -> None:
+        """Receive in ``hub`` (the worker's kombu event loop) from now on; the thread ends."""
+        self.hub = hub
+        self.sock.setblocking(False)
+        hub.add_reader(self.sock.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        """Apply every datagram waiting, without blocking (the event loop's reader)."""
         while True:
             try:
                 data = self.sock.recv(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
                 return  # closed
+            self._handle(data)
+
+    def _run(self) -> None:
+        while self.hub is None:
             try:
-                event = orjson.loads(data)
-                if not isinstance(event, dict):
-                    raise TypeError("not an object")
-            except (orjson.JSONDecodeError, TypeError):
-                self.malformed += 1
+                data = self.sock.recv(_MAX_DATAGRAM)
+            except (TimeoutError, BlockingIOError):
                 continue
-            self.apply(event)
+            except OSError:
+                return  # closed
+            self._handle(data)
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            event = orjson.loads(data)
+            if not isinstance(event, dict):
+                raise TypeError("not an object")
+        except (orjson.JSONDecodeError, TypeError):
+            self.malformed += 1
+            return
+        self.apply(event)
 
     def close(self) -> None:
         """Stop receiving and release the address."""
+        if self.hub is not None:
+            with contextlib.suppress(Exception):  # the loop may be gone already at shutdown
+                self.hub.remove_reader(self.sock.fileno())
         self.sock.close()
         if not self.address.startswith("\0"):  # pragma: no cover - see __init__
             try:
@@ -226,8 +260,13 @@ class WorkerExporter:
         self.start(str(sender.hostname))
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
-        if self.role == "main":
+        if self.role == "main" and self._inbox is not None:
+            # Pool processes run tasks only once the consumer is ready, so nothing is in flight
+            # while receiving moves from the thread to the event loop.
             self.consumer = sender
+            hub = getattr(sender, "hub", None)
+            if hub is not None:
+                self._inbox.use_hub(hub)
 
     def _on_process_init(self, **_: Any) -> None:
         # The solo pool sends worker_process_init in the main process itself.

@@ -20,8 +20,9 @@ from celery_exporter.worker import install
 BROKER_ENV = "CELERY_EXPORTER_TEST_BROKER"
 WORKER_PORT_ENV = "CELERY_EXPORTER_TEST_WORKER_PORT"
 EVENTS_ENV = "CELERY_EXPORTER_TEST_EVENTS"
-#: How often the in-worker exporter looks for pool processes that started or ended.
-SAMPLE_INTERVAL = 0.2
+#: How often the in-worker exporter looks for pool processes that started or ended (quick for
+#: the tests; benchmarks set the default, 1 s, through this variable).
+SAMPLE_INTERVAL = float(os.environ.get("CELERY_EXPORTER_TEST_SAMPLE_INTERVAL", "0.2"))
 
 app = Celery("taskapp", broker=os.environ.get(BROKER_ENV, "redis://127.0.0.1:1/0"))
 app.conf.update(
