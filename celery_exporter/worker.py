@@ -14,7 +14,9 @@ Celery's event stream, so no events need be enabled.
 
 Prefork pools run tasks in child processes. Each child sends what its signals say to the main
 process over a Unix datagram socket (in Linux's abstract namespace: no file to clean up), as it
-happens, so counts survive ``--max-tasks-per-child`` recycling and hard time limits. Solo,
+happens, so counts survive ``--max-tasks-per-child`` recycling and hard time limits. The main
+process reads the socket in the worker's event loop once the worker is ready (on a thread
+before that, and for transports without an event loop). Solo,
 threads, eventlet and gevent pools run tasks in the main process, which counts directly.
 
 Options of :func:`install`:
