@@ -38,7 +38,6 @@ log = get_logger(__name__)
 ROLES = ("main", "pool")
 #: The process title Celery sets when ``setproctitle`` is installed.
 _TITLE = re.compile(r"\[celeryd: (?P<node>.+):(?P<proc>[A-Za-z]+(?:-\d+)?)\]")
-_COUNTERS = ("cpu", "read", "write")
 
 
 def is_worker_command(argv: Sequence[str]) -> bool:
@@ -163,7 +162,7 @@ class ProcessTable:
         try:
             argv = proc.process.cmdline()
         except psutil.Error as exc:
-            self._error(exc)
+            self.count_error(exc)
             return
         hostname = self.hostname or node_name(argv)
         if any(w.hostname == hostname for w in self.workers.values()):
@@ -188,14 +187,15 @@ class ProcessTable:
             return None
         except psutil.Error as exc:
             # Kept as "not a worker", so that it is not read again on every refresh.
-            self._error(exc)
+            self.count_error(exc)
             return _Proc(process, -1, False)
         worker = is_worker_command(argv) and (
             self.match is None or self.match.search(" ".join(argv)) is not None
         )
         return _Proc(process, ppid, worker)
 
-    def _error(self, exc: psutil.Error) -> None:
+    def count_error(self, exc: psutil.Error) -> None:
+        """Count a process that could not be read, by reason."""
         self._count("access_denied" if isinstance(exc, psutil.AccessDenied) else "other")
 
     def _count(self, reason: str) -> None:
@@ -348,7 +348,7 @@ class ResourceCollector(Collector):
                     continue  # ended since the last refresh, which will drop it
                 except psutil.Error as exc:
                     ok = False
-                    self.table._error(exc)
+                    self.table.count_error(exc)
                     continue
                 name = worker.hostname
                 for role in ROLES:
