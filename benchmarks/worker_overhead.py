@@ -9,7 +9,9 @@ Three measurements:
    the solo and threads pools do (all in the main process) and once from a forked pool process
    (prefork: the child hands each signal to the main process's socket; here it sends
    ``task_received`` too, which a real worker's main process handles). Prints the CPU time per
-   task in each process. This is the exporter's own cost, free of the noise below.
+   task in each process, and for one run in 50 sent 20 ms apart, so that each finds the CPU
+   caches cold, as a worker's runs between tasks do. This is the exporter's own cost, free of
+   the noise below.
 2. **Sidecar**: ``--sidecar-workers`` plain prefork workers (1; ``-c 2`` each) of the test app
    on a private ``redis-server`` share a steady load of ``--rate`` tasks a second
    (``taskapp.sleep`` of 10 ms) while ``celery-exporter sidecar`` watches them and is scraped
@@ -53,6 +55,8 @@ from celery_exporter.testing import RedisServer, free_port, wait_for
 ROOT = Path(__file__).resolve().parents[1]
 PORT_ENV = "CELERY_EXPORTER_TEST_WORKER_PORT"
 HOST = "w1@bench"
+#: Seconds between the signal path's cold runs.
+COLD_GAP = 0.02
 
 
 # -- 1. the signal path -------------------------------------------------------------------------
@@ -126,6 +130,15 @@ def signal_path(tasks: int) -> None:
         for i in range(tasks):
             one_run(f"main-{i}")
         main_us = (time.process_time() - began) / tasks * 1e6
+        # The same with the CPU left to other work between runs, as between a worker's tasks:
+        # the caches are cold for each run.
+        cold, cpu = tasks // 50, 0.0
+        for i in range(cold):
+            began = time.process_time()
+            one_run(f"cold-{i}")
+            cpu += time.process_time() - began
+            time.sleep(COLD_GAP)
+        cold_us = cpu / cold * 1e6
         read, write = os.pipe()
         parent_began = time.process_time()
         pid = os.fork()
@@ -140,13 +153,17 @@ def signal_path(tasks: int) -> None:
                 os._exit(0)
         os.waitpid(pid, 0)
         pool_us = os.read(read, 64).decode()
-        wait_for(lambda: succeeded(exporter) == 2 * tasks, 120, 0.1, "every pool event")
+        wait_for(lambda: succeeded(exporter) == 2 * tasks + cold, 120, 0.1, "every pool event")
         parent_us = (time.process_time() - parent_began) / tasks * 1e6
     finally:
         exporter.stop()
         exporter.disconnect()
     print(f"signal path, {tasks} tasks each:")
     print(f"  main-process pools (solo, threads): {main_us:.1f} us CPU per task")
+    print(
+        f"  the same, {cold} runs {COLD_GAP * 1000:.0f} ms apart (cold caches): "
+        f"{cold_us:.1f} us CPU per task"
+    )
     print(
         f"  prefork: {pool_us} us per task in the pool process, "
         f"{parent_us:.1f} us in the main process (receiving and counting)"
