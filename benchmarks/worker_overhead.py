@@ -43,14 +43,19 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 from celery import Celery, signals
 
-from celery_exporter.testing import RedisServer, free_port, wait_for
+from celery_exporter.testing import (
+    RedisServer,
+    SignalWorker,
+    free_port,
+    send_task_run,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT_ENV = "CELERY_EXPORTER_TEST_WORKER_PORT"
@@ -62,48 +67,9 @@ COLD_GAP = 0.02
 # -- 1. the signal path -------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Pool:
-    limit: int = 2
-
-
-@dataclass(eq=False)
-class _Worker:
-    """What worker_init's sender offers the exporter."""
-
-    app: Any
-    hostname: str = HOST
-    pool: _Pool = field(default_factory=_Pool)
-    autoscaler: Any = None
-
-
-@dataclass(eq=False)
-class _Context:
-    id: str
-    delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": "celery"})
-
-
-@dataclass(eq=False)
-class _Task:
-    name: str
-    request: _Context
-
-
-@dataclass(eq=False)
-class _Request:
-    id: str
-    name: str
-    delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": "celery"})
-    eta: str | None = None
-
-
 def one_run(task_id: str) -> None:
     """The signals Celery sends for one task that succeeds."""
-    task = _Task("bench.task", _Context(task_id))
-    signals.task_received.send(sender=None, request=_Request(task_id, task.name))
-    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=(), kwargs={})
-    signals.task_success.send(sender=task, result=None)
-    signals.task_postrun.send(sender=task, task_id=task_id, task=task, state="SUCCESS", retval=None)
+    send_task_run("bench.task", task_id)
 
 
 def succeeded(exporter: Any) -> float:
@@ -123,7 +89,7 @@ def signal_path(tasks: int) -> None:
 
     app = object()
     exporter = install(app, port=free_port(), host="127.0.0.1", resources=False)
-    signals.worker_init.send(sender=_Worker(app))
+    signals.worker_init.send(sender=SignalWorker(app, HOST))
     signals.worker_ready.send(sender=None)  # no event loop: the inbox thread receives
     try:
         began = time.process_time()

@@ -47,23 +47,12 @@ def worker_side_families() -> list[str]:
     """Families the in-worker exporter and the resource collector serve for a live process tree."""
     from celery import signals
 
-    from celery_exporter.testing import free_port
+    from celery_exporter.testing import SignalWorker, free_port
     from celery_exporter.worker import install
 
-    class App:
-        """A stand-in for the user's app."""
-
-    class Pool:
-        limit = 2
-
-    class Worker:
-        app = App()
-        hostname = "w@h"
-        pool = Pool()
-        autoscaler = None
-
-    exporter = install(Worker.app, port=free_port(), host="127.0.0.1", sample_interval=60)
-    signals.worker_init.send(sender=Worker())
+    app = object()
+    exporter = install(app, port=free_port(), host="127.0.0.1", sample_interval=60)
+    signals.worker_init.send(sender=SignalWorker(app, "w@h"))
     try:
         text = generate_latest(exporter.registry).decode()
     finally:

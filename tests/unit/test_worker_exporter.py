@@ -4,55 +4,32 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from celery import signals
 from celery.exceptions import Reject, Retry, TimeLimitExceeded
 
-from celery_exporter.testing import free_port, parse_metrics, value, wait_for
+from celery_exporter.testing import (
+    SignalContext as Context,
+)
+from celery_exporter.testing import (
+    SignalPool,
+    SignalRequest,
+    SignalWorker,
+    free_port,
+    parse_metrics,
+    send_task_run,
+    value,
+    wait_for,
+)
+from celery_exporter.testing import (
+    SignalTask as Task,
+)
 from celery_exporter.worker import WorkerExporter, install
 
 HOST = "w1@box"
 QUEUE = "images"
-
-
-@dataclass(eq=False)
-class Pool:
-    limit: int = 4
-
-
-@dataclass(eq=False)
-class Worker:
-    """What worker_init's sender offers."""
-
-    app: Any
-    hostname: str = HOST
-    pool: Pool = field(default_factory=Pool)
-    autoscaler: Any = None
-
-
-@dataclass(eq=False)
-class Context:
-    id: str
-    delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": QUEUE})
-
-
-@dataclass(eq=False)
-class Task:
-    name: str
-    request: Context
-
-
-@dataclass(eq=False)
-class Request:
-    """What task_received's request offers."""
-
-    id: str
-    name: str
-    delivery_info: dict[str, Any] = field(default_factory=lambda: {"routing_key": QUEUE})
-    eta: str | None = None
 
 
 class App:
@@ -64,7 +41,7 @@ def exporter() -> Iterator[WorkerExporter]:
     """An exporter installed for an app, started by a worker_init of that app."""
     app = App()
     exp = install(app, port=free_port(), host="127.0.0.1", resources=False)
-    signals.worker_init.send(sender=Worker(app))
+    signals.worker_init.send(sender=SignalWorker(app, HOST, SignalPool(4)))
     try:
         yield exp
     finally:
@@ -73,21 +50,8 @@ def exporter() -> Iterator[WorkerExporter]:
 
 
 def run(name: str, task_id: str, outcome: str, exc: BaseException | None = None) -> None:
-    """Send the signals a worker sends for one task run in its main process."""
-    task = Task(name, Context(task_id))
-    signals.task_received.send(sender=None, request=Request(task_id, name))
-    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=(), kwargs={})
-    state = {"success": "SUCCESS", "failure": "FAILURE", "retry": "RETRY", "reject": "REJECTED"}
-    if outcome == "success":
-        signals.task_success.send(sender=task, result=1)
-    elif outcome == "failure":
-        signals.task_failure.send(sender=task, task_id=task_id, exception=exc)
-    elif outcome == "retry":
-        signals.task_retry.send(sender=task, request=task.request, reason=exc)
-    retval = exc if outcome == "reject" else None
-    signals.task_postrun.send(
-        sender=task, task_id=task_id, task=task, state=state[outcome], retval=retval
-    )
+    """Send the signals a worker sends for one task run, from the queue ``images``."""
+    send_task_run(name, task_id, outcome, exc, queue=QUEUE)
 
 
 def samples(exp: WorkerExporter) -> dict[Any, float]:
@@ -102,7 +66,7 @@ def test_signals_before_worker_init_do_nothing() -> None:
     app = App()
     exp = install(app, port=free_port(), host="127.0.0.1", resources=False)
     try:
-        signals.worker_init.send(sender=Worker(App()))  # another app's worker
+        signals.worker_init.send(sender=SignalWorker(App(), HOST))  # another app's worker
         run("t.a", "id-0", "success")
         assert exp.role == "idle"
         assert exp.state is None
@@ -122,8 +86,10 @@ def test_main_process_counts(exporter: WorkerExporter) -> None:
         sender=Task("t.no", Context("id-5")), task_id="id-5", exception=Reject("no")
     )
     # A hard time limit: Celery's main process sends task_failure twice for one task.
-    hard = Task("t.slow", Context("id-6"))
-    signals.task_received.send(sender=None, request=Request("id-6", "t.slow"))
+    hard = Task("t.slow", Context("id-6", {"routing_key": QUEUE}))
+    signals.task_received.send(
+        sender=None, request=SignalRequest("id-6", "t.slow", {"routing_key": QUEUE})
+    )
     signals.task_prerun.send(sender=hard, task_id="id-6", task=hard)
     for _ in range(2):
         signals.task_failure.send(sender=hard, task_id="id-6", exception=TimeLimitExceeded(1))
