@@ -88,7 +88,12 @@ class _Proc:
 
     process: psutil.Process
     ppid: int
+    #: Its command line is a Celery worker's (a main process, or a pool process forked from one).
     worker: bool
+    #: It also matches ``--match`` (only main processes are held to it).
+    matched: bool = True
+    #: It has been seen as a pool process: never taken for a main, even once orphaned.
+    pooled: bool = False
 
 
 @dataclass
@@ -106,8 +111,11 @@ class Worker:
 class ProcessTable:
     """The Celery workers on this machine (or one given process) and their pool processes.
 
-    With ``main_pid`` only that process and its children are watched (the in-worker mode);
-    otherwise every process whose command line is a worker's and matches ``match``.
+    With ``main_pid`` only that process is watched (the in-worker mode), with its children as
+    the pool when ``pool_children`` (prefork; other pools' children are the tasks' own
+    subprocesses). Otherwise every process whose command line is a Celery worker's, whose
+    parent's is not, and that matches ``match`` is a main process; a main's direct children
+    are its pool.
     """
 
     def __init__(
@@ -116,15 +124,18 @@ class ProcessTable:
         main_pid: int | None = None,
         hostname: str | None = None,
         pids: Callable[[], Iterable[int]] = psutil.pids,
+        pool_children: bool = True,
     ) -> None:
         self.match = match
         self.main_pid = main_pid
         self.hostname = hostname
         self.pids = pids
+        self.pool_children = pool_children
         self.lock = threading.Lock()
         self.procs: dict[int, _Proc] = {}
         self.workers: dict[int, Worker] = {}
         self.errors: dict[str, int] = {}
+        self._repeated: set[int] = set()
 
     def refresh(self) -> None:
         """Look for processes started and ended since the last refresh."""
@@ -135,6 +146,7 @@ class ProcessTable:
         alive = set(self.pids())
         for pid in [p for p in self.procs if p not in alive]:
             del self.procs[pid]
+        self._repeated &= alive
         for pid in alive - self.procs.keys():
             proc = self._inspect(pid)
             if proc is not None:
@@ -143,32 +155,42 @@ class ProcessTable:
             log.info("worker_gone", hostname=self.workers[pid].hostname, pid=pid)
             del self.workers[pid]
         for pid, proc in self.procs.items():
-            if proc.worker and pid not in self.workers and not self._is_pool(proc):
+            if pid not in self.workers and self._is_main(proc):
                 self._add_worker(pid, proc)
         for worker in self.workers.values():
-            pool = {
-                pid: p.process
-                for pid, p in self.procs.items()
-                if p.ppid == worker.main.pid and (p.worker or self.main_pid is not None)
-            }
+            pool = {}
+            if self.pool_children:
+                for pid, p in self.procs.items():
+                    # On the sidecar, a child counts when it runs the worker's command (a forked
+                    # pool process), not when it is a program that a solo worker's task ran.
+                    if p.ppid == worker.main.pid and (p.worker or self.main_pid is not None):
+                        p.pooled = True
+                        pool[pid] = p.process
             worker.restarts += len(worker.pool.keys() - pool.keys())
             worker.pool = pool
 
-    def _is_pool(self, proc: _Proc) -> bool:
+    def _is_main(self, proc: _Proc) -> bool:
+        if not (proc.worker and proc.matched) or proc.pooled:
+            return False
         parent = self.procs.get(proc.ppid)
-        return parent is not None and parent.worker
+        return parent is None or not parent.worker
 
     def _add_worker(self, pid: int, proc: _Proc) -> None:
         try:
             argv = proc.process.cmdline()
+        except psutil.NoSuchProcess:
+            return
         except psutil.Error as exc:
             self.count_error(exc)
             return
         hostname = self.hostname or node_name(argv)
         if any(w.hostname == hostname for w in self.workers.values()):
-            log.warning("worker_hostname_repeated", hostname=hostname, pid=pid)
-            self._count("duplicate_hostname")
-            proc.worker = False
+            # Two mains with one node name (a restart overlapping a warm shutdown): this one
+            # is tried again on each refresh, and watched once the other has gone.
+            if pid not in self._repeated:
+                self._repeated.add(pid)
+                log.warning("worker_hostname_repeated", hostname=hostname, pid=pid)
+                self._count("duplicate_hostname")
             return
         self.workers[pid] = Worker(hostname, proc.process)
         log.info("worker_found", hostname=hostname, pid=pid)
@@ -189,10 +211,8 @@ class ProcessTable:
             # Kept as "not a worker", so that it is not read again on every refresh.
             self.count_error(exc)
             return _Proc(process, -1, False)
-        worker = is_worker_command(argv) and (
-            self.match is None or self.match.search(" ".join(argv)) is not None
-        )
-        return _Proc(process, ppid, worker)
+        matched = self.match is None or self.match.search(" ".join(argv)) is not None
+        return _Proc(process, ppid, is_worker_command(argv), matched)
 
     def count_error(self, exc: psutil.Error) -> None:
         """Count a process that could not be read, by reason."""
@@ -218,16 +238,23 @@ def _own_io(pid: int) -> tuple[int, int] | None:
     """Read and written bytes of a process's live threads, not counting reaped children."""
     read = write = 0
     try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/io") as f:
-                for line in f:
-                    key, _, value = line.partition(":")
-                    if key == "read_bytes":
-                        read += int(value)
-                    elif key == "write_bytes":
-                        write += int(value)
-    except (OSError, ValueError):
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/io") as f:
+                lines = f.readlines()
+        except FileNotFoundError:
+            continue  # a thread that ended since the listing
+        except OSError:
+            return None
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key == "read_bytes":
+                read += int(value)
+            elif key == "write_bytes":
+                write += int(value)
     return read, write
 
 
@@ -263,9 +290,10 @@ def read_worker(worker: Worker) -> tuple[dict[str, _Reading], float]:
     for child in list(worker.pool.values()):
         before = pool.rss
         try:
-            io, _ = _add(pool, child)
+            io, reaped = _add(pool, child)
         except psutil.NoSuchProcess:
             continue
+        pool.cpu += reaped  # the tasks' own subprocesses, once their pool process reaped them
         largest = max(largest, pool.rss - before)
         if io is None:
             pool_io_ok = False

@@ -249,6 +249,7 @@ class ClusterState:
             "task-revoked": self._on_revoked,
             "task-rejected": self._on_rejected,
             "task-cancelled": self._on_cancelled,
+            "task-ignored": self._on_ignored,
             "worker-online": self._on_worker_online,
             "worker-heartbeat": self._on_worker_heartbeat,
             "worker-offline": self._on_worker_offline,
@@ -426,6 +427,10 @@ class ClusterState:
 
     def _on_cancelled(self, event: dict[str, Any], now: float) -> None:
         self._requeue(event, now)
+
+    def _on_ignored(self, event: dict[str, Any], now: float) -> None:
+        """A task that raised Ignore (the in-worker exporter's): retired, counted nowhere."""
+        self._finish(event, "task-ignored", now)
 
     # -- worker events ------------------------------------------------------------------------
 

@@ -13,10 +13,10 @@ families as the event-stream daemon, always with ``hostname``, computed by the s
 Celery's event stream, so no events need be enabled.
 
 Prefork pools run tasks in child processes. Each child sends what its signals say to the main
-process over a Unix datagram socket (in Linux's abstract namespace: no file to clean up), as it
-happens, so counts survive ``--max-tasks-per-child`` recycling and hard time limits. The main
-process reads the socket in the worker's event loop once the worker is ready (on a thread
-before that, and for transports without an event loop). Solo,
+process, as it happens, over an unnamed Unix datagram socket pair created before the pool
+starts (no other process can write to it, no file to clean up), so counts survive
+``--max-tasks-per-child`` recycling and hard time limits. A thread of the main process
+receives them. Solo,
 threads, eventlet and gevent pools run tasks in the main process, which counts directly.
 
 Options of :func:`install`:
@@ -36,10 +36,8 @@ import contextlib
 import math
 import os
 import socket
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -62,9 +60,14 @@ DEFAULT_PORT = 9809
 #: Longest a pool process waits to hand one event to the main process before dropping it.
 SEND_TIMEOUT = 1.0
 _MAX_DATAGRAM = 65536
-#: How often the inbox thread checks whether the event loop has taken over.
-_THREAD_POLL = 0.5
 #: Errors counted in ``celery_worker_task_errors_total``, by the signal that reports them.
+#: The task events the receivers make, the only ones the main process applies to its state.
+TASK_EVENT_TYPES = frozenset(
+    {
+        "task-received", "task-started", "task-succeeded", "task-failed", "task-retried",
+        "task-revoked", "task-rejected", "task-ignored",
+    }
+)  # fmt: skip
 ERROR_KINDS = {
     "task_unknown": "unknown_task",
     "task_rejected": "invalid_message",
@@ -80,88 +83,53 @@ def install(app: Any, port: int = DEFAULT_PORT, **options: Any) -> WorkerExporte
 
 
 class _Inbox:
-    """The main process's end: receives pool processes' events and applies them.
+    """The main process's end of an unnamed socket pair that pool processes inherit.
 
-    It reads in the worker's own event loop when the worker has one (prefork on Redis or
-    RabbitMQ), so that an event costs no thread wake-up, and on a thread of its own otherwise.
+    No other process can send to it, and there is no file to clean up. A thread of the main
+    process receives and applies what the pool processes send; it keeps receiving whatever
+    the worker's own event loop is doing (reconnecting to the broker, shutting down).
     """
 
     def __init__(self, apply: Callable[[dict[str, Any]], None]) -> None:
         self.apply = apply
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        if sys.platform.startswith("linux"):
-            self.address: str = f"\0celery-exporter-{os.getpid()}-{uuid.uuid4().hex}"
-        else:  # pragma: no cover - no abstract namespace: a file beside the other temp files
-            import tempfile
-
-            self.address = os.path.join(tempfile.mkdtemp(prefix="celery-exporter-"), "inbox")
-        self.sock.bind(self.address)
+        self.sock, self.send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.malformed = 0
-        self.hub: Any = None
 
     def start(self) -> None:
-        """Receive on a daemon thread, until :meth:`use_hub` moves receiving to an event loop."""
-        self.sock.settimeout(_THREAD_POLL)
+        """Receive on a daemon thread."""
         thread = threading.Thread(target=self._run, name="worker-exporter-inbox", daemon=True)
         thread.start()
 
-    def use_hub(self, hub: Any) -> None:
-        """Receive in ``hub`` (the worker's kombu event loop) from now on; the thread ends."""
-        self.hub = hub
-        self.sock.setblocking(False)
-        hub.add_reader(self.sock.fileno(), self._drain)
-
-    def _drain(self) -> None:
-        """Apply every datagram waiting, without blocking (the event loop's reader)."""
+    def _run(self) -> None:
         while True:
             try:
                 data = self.sock.recv(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
             except OSError:
                 return  # closed
-            self._handle(data)
-
-    def _run(self) -> None:
-        while self.hub is None:
+            if not data:
+                return  # shut down
             try:
-                data = self.sock.recv(_MAX_DATAGRAM)
-            except (TimeoutError, BlockingIOError):
+                event = orjson.loads(data)
+                if not isinstance(event, dict):
+                    raise TypeError("not an object")
+            except (orjson.JSONDecodeError, TypeError):
+                self.malformed += 1
                 continue
-            except OSError:
-                return  # closed
-            self._handle(data)
-
-    def _handle(self, data: bytes) -> None:
-        try:
-            event = orjson.loads(data)
-            if not isinstance(event, dict):
-                raise TypeError("not an object")
-        except (orjson.JSONDecodeError, TypeError):
-            self.malformed += 1
-            return
-        self.apply(event)
+            self.apply(event)
 
     def close(self) -> None:
-        """Stop receiving and release the address."""
-        if self.hub is not None:
-            with contextlib.suppress(Exception):  # the loop may be gone already at shutdown
-                self.hub.remove_reader(self.sock.fileno())
+        """Stop receiving (the thread wakes and ends) and close both ends."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-        if not self.address.startswith("\0"):  # pragma: no cover - see __init__
-            try:
-                os.unlink(self.address)
-                os.rmdir(os.path.dirname(self.address))
-            except OSError:
-                pass
+        self.send_end.close()
 
 
 class _Outbox:
     """A pool process's end: sends events to the main process, counting what it cannot send."""
 
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.sock.settimeout(SEND_TIMEOUT)
         self.dropped = 0
 
@@ -169,13 +137,18 @@ class _Outbox:
         """Send one event; one that cannot be sent is counted, and reported with the next."""
         try:
             if self.dropped:
-                self.sock.sendto(
-                    orjson.dumps({"type": "_dropped", "count": self.dropped}), self.address
-                )
+                self.sock.send(orjson.dumps({"type": "_dropped", "count": self.dropped}))
                 self.dropped = 0
-            self.sock.sendto(orjson.dumps(event), self.address)
+            self.sock.send(orjson.dumps(event))
         except (OSError, TypeError):  # TypeError: a field orjson cannot encode
             self.dropped += 1
+
+    def flush(self) -> None:
+        """Report what could not be sent, before the pool process exits."""
+        if self.dropped:
+            with contextlib.suppress(OSError):
+                self.sock.send(orjson.dumps({"type": "_dropped", "count": self.dropped}))
+                self.dropped = 0
 
 
 class WorkerExporter:
@@ -232,6 +205,7 @@ class WorkerExporter:
             "worker_init": self._on_worker_init,
             "worker_ready": self._on_worker_ready,
             "worker_process_init": self._on_process_init,
+            "worker_process_shutdown": self._on_process_shutdown,
             "worker_shutdown": self._on_worker_shutdown,
             "task_received": self._on_received,
             "task_prerun": self._on_prerun,
@@ -262,13 +236,8 @@ class WorkerExporter:
         self.start(str(sender.hostname))
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
-        if self.role == "main" and self._inbox is not None:
-            # Pool processes run tasks only once the consumer is ready, so nothing is in flight
-            # while receiving moves from the thread to the event loop.
+        if self.role == "main":
             self.consumer = sender
-            hub = getattr(sender, "hub", None)
-            if hub is not None:
-                self._inbox.use_hub(hub)
 
     def _on_process_init(self, **_: Any) -> None:
         # The solo pool sends worker_process_init in the main process itself.
@@ -279,8 +248,12 @@ class WorkerExporter:
         if self.server is not None:
             self.server.httpd.socket.close()
         self._inbox.sock.close()
-        self._outbox = _Outbox(self._inbox.address)
+        self._outbox = _Outbox(self._inbox.send_end)
         self._started.clear()
+
+    def _on_process_shutdown(self, **_: Any) -> None:
+        if self.role == "pool" and self._outbox is not None:
+            self._outbox.flush()
 
     def _on_worker_shutdown(self, **_: Any) -> None:
         if self.role == "main":
@@ -353,8 +326,8 @@ class WorkerExporter:
             requeue = bool(getattr(retval, "requeue", False))
             self._emit({"type": "task-rejected", "uuid": task_id, "requeue": requeue})
         elif state == "IGNORED":
-            # No final signal follows Ignore: take the task off the active gauges.
-            self._emit({"type": "task-cancelled", "uuid": task_id})
+            # No final signal follows Ignore (raised by Task.replace, too): retire the task.
+            self._emit({"type": "task-ignored", "uuid": task_id})
 
     def _on_error(self, signal_name: str) -> Callable[..., None]:
         kind = ERROR_KINDS[signal_name]
@@ -385,10 +358,11 @@ class WorkerExporter:
                     self.errors[str(kind)] = self.errors.get(str(kind), 0) + 1
         elif etype == "_dropped":
             count = event.get("count")
-            if isinstance(count, int) and count > 0:
+            if isinstance(count, int) and 0 < count < 2**32:
                 with self._lock:
                     self.dropped += count
-        elif self.state is not None:
+        elif etype in TASK_EVENT_TYPES and self.state is not None:
+            event["hostname"] = self.hostname  # only this worker's tasks are ever counted here
             self.state.handle(event)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -401,7 +375,11 @@ class WorkerExporter:
         self.state = ClusterState(self.settings, clock=self.clock)
         self.registry.register(WorkerCollector(self))
         if self.resources:
-            table = ProcessTable(main_pid=os.getpid(), hostname=hostname)
+            # Only a prefork pool's children are pool processes; other pools' children are
+            # programs their tasks run.
+            pool_cls = getattr(self.worker, "pool_cls", None)
+            prefork = "prefork" in str(getattr(pool_cls, "__module__", pool_cls))
+            table = ProcessTable(main_pid=os.getpid(), hostname=hostname, pool_children=prefork)
             self._refresher = Refresher(table, self.sample_interval)
             self._refresher.start(self._stop)
             self.registry.register(ResourceCollector(table))

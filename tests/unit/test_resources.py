@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -124,11 +127,14 @@ def test_pool_replacement_counted_and_cpu_kept(forker: subprocess.Popen[str]) ->
 
     def replaced() -> bool:
         table.refresh()
-        return value(scrape(registry), "celery_worker_pool_process_restarts_total", **labels) == 1
+        got = scrape(registry)
+        return (
+            value(got, "celery_worker_pool_process_restarts_total", **labels) == 1
+            and value(got, "celery_worker_pool_processes", **labels) == 2
+        )
 
-    wait_for(replaced, 10, 0.05, "the restart to be counted")
+    wait_for(replaced, 10, 0.05, "the restart to be counted and the child replaced")
     after = scrape(registry)
-    assert value(after, "celery_worker_pool_processes", **labels) == 2
     # The two first children used 0.25 s of CPU each (counted in 10 ms ticks); the killed one's is in the reaped time.
     cpu = value(after, "celery_worker_process_cpu_seconds_total", **pool)
     assert cpu >= value(first, "celery_worker_process_cpu_seconds_total", **pool)
@@ -143,3 +149,125 @@ def test_sidecar_table_finds_only_matching_workers(forker: subprocess.Popen[str]
     table.refresh()
     assert forker.pid not in table.workers
     assert all(w.main.pid != os.getpid() for w in table.workers.values())
+
+
+#: A fake ``celery ... worker`` main process: forks one child (same command line), both sleep.
+FAKE_CELERY = textwrap.dedent(
+    """\
+    #!{python}
+    import os, sys, time
+    if os.fork() == 0:
+        while True:
+            time.sleep(1)
+    print("ready", flush=True)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+@pytest.fixture
+def fake_celery(tmp_path: Path) -> Iterator[Callable[[str], subprocess.Popen[str]]]:
+    """Start fake workers named by ``-n``: a main and one pool process each, own group each."""
+    script = tmp_path / "celery"
+    script.write_text(FAKE_CELERY.format(python=sys.executable))
+    script.chmod(0o755)
+    started: list[subprocess.Popen[str]] = []
+
+    def start(node: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "worker", "-n", node],
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def watched(table: ProcessTable, node: str) -> list[tuple[int, int]]:
+    """(main pid, pool processes) of every watched worker named ``node``."""
+    table.refresh()
+    return [(pid, len(w.pool)) for pid, w in table.workers.items() if w.hostname == node]
+
+
+def test_repeated_node_name_is_watched_once_the_first_has_gone(
+    fake_celery: Callable[[str], subprocess.Popen[str]],
+) -> None:
+    """Of two mains with one -n name the first is watched, then the second, never a pool child."""
+    table = ProcessTable(match=re.compile(r"-n dup-\d+@h"))
+    node = f"dup-{os.getpid()}@h"
+    first = fake_celery(node)
+    second = fake_celery(node)
+    assert watched(table, node) == [(first.pid, 1)]
+    assert table.errors == {"duplicate_hostname": 1}
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    wait_for(lambda: watched(table, node) == [(second.pid, 1)], 10, 0.05, "the second main")
+    assert table.errors == {"duplicate_hostname": 1}  # counted once, not on every refresh
+
+
+def test_orphaned_pool_process_is_not_taken_for_a_worker(
+    fake_celery: Callable[[str], subprocess.Popen[str]],
+) -> None:
+    """When a main process dies, its pool process (reparented) does not become the worker."""
+    table = ProcessTable(match=re.compile(r"-n orphan-\d+@h"))
+    node = f"orphan-{os.getpid()}@h"
+    main = fake_celery(node)
+    assert watched(table, node) == [(main.pid, 1)]
+    os.kill(main.pid, signal.SIGKILL)  # the pool process lives on
+    main.wait(10)
+    wait_for(lambda: watched(table, node) == [], 10, 0.05, "the worker to be gone")
+    table.refresh()
+    assert watched(table, node) == []
+
+
+def test_other_pools_children_are_not_pool_processes(forker: subprocess.Popen[str]) -> None:
+    """In-worker mode without prefork, the main's children (tasks' programs) are no pool."""
+    table = ProcessTable(main_pid=forker.pid, hostname="w@h", pool_children=False)
+    table.refresh()
+    victim = psutil.Process(forker.pid).children()[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    wait_for(lambda: not victim.is_running() or victim.status() == "zombie", 10, 0.05)
+    table.refresh()
+    worker = table.workers[forker.pid]
+    assert (len(worker.pool), worker.restarts) == (0, 0)
+
+
+#: A main process whose one child runs a CPU-bound program of its own and waits for it.
+SPAWNER = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    if os.fork() == 0:
+        burn = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.4: pass"
+        subprocess.run([sys.executable, "-c", burn], check=True)
+        print("ready", flush=True)
+        while True:
+            time.sleep(1)
+    while True:
+        time.sleep(1)
+    """
+)
+
+
+def test_pool_cpu_includes_programs_the_tasks_ran() -> None:
+    """CPU of a program a pool process ran and reaped counts while that pool process lives."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SPAWNER], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        table = ProcessTable(main_pid=proc.pid, hostname="w@h")
+        registry = CollectorRegistry()
+        registry.register(ResourceCollector(table))
+        table.refresh()
+        pool = {"hostname": "w@h", "role": "pool"}
+        assert value(scrape(registry), "celery_worker_process_cpu_seconds_total", **pool) >= 0.35
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

@@ -150,3 +150,33 @@ def test_pool_process_events_reach_the_main_process(exporter: WorkerExporter) ->
     assert value(got, "celery_task_received_total", **labels) == 50
     assert value(got, "celery_exporter_worker_events_dropped_total") == 0
     assert exporter.role == "main"
+
+
+def test_ignored_task_is_retired(exporter: WorkerExporter) -> None:
+    """A task that raises Ignore leaves the active gauge and the in-flight table, counted nowhere."""
+    task = Task("t.replaced", Context("id-9", {"routing_key": QUEUE}))
+    signals.task_received.send(
+        sender=None, request=SignalRequest("id-9", task.name, {"routing_key": QUEUE})
+    )
+    signals.task_prerun.send(sender=task, task_id="id-9", task=task)
+    signals.task_postrun.send(sender=task, task_id="id-9", task=task, state="IGNORED", retval=None)
+    got = samples(exporter)
+    labels = {"name": "t.replaced", "hostname": HOST, "queue_name": QUEUE}
+    assert value(got, "celery_tasks_active", **labels) == 0
+    assert value(got, "celery_task_started_total", **labels) == 1
+    assert value(got, "celery_task_succeeded_total", **labels) == 0
+    assert exporter.state is not None and exporter.state.tasks == {}
+
+
+def test_main_process_applies_only_its_own_task_events(exporter: WorkerExporter) -> None:
+    """Events of other types are ignored, and every event counts for this worker's hostname."""
+    exporter.apply({"type": "worker-offline", "hostname": "evil@h"})
+    exporter.apply({"type": "task-succeeded", "uuid": "x-1", "name": "t.x", "hostname": "evil@h"})
+    exporter.apply({"type": "_dropped", "count": 2**62})
+    got = samples(exporter)
+    assert (
+        value(got, "celery_task_succeeded_total", name="t.x", hostname=HOST, queue_name="celery")
+        == 1
+    )
+    assert not [k for k in got if ("hostname", "evil@h") in k[1]]
+    assert value(got, "celery_exporter_worker_events_dropped_total") == 0
