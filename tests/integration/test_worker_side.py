@@ -447,3 +447,33 @@ def test_allocation_raises_the_pool_max_rss(sidecar, sidecar_workers, client: Cl
         >= before + 200 * MIB,
         EVENT_TIMEOUT, 0.2, "the pool's max RSS to grow by 200 MiB",
     )  # fmt: skip
+
+
+def test_prefork_counts_survive_a_broker_restart(logdir: Path) -> None:
+    """After Redis restarts under a prefork worker, its pool processes' events still count."""
+    with RedisServer() as broker:
+        worker, endpoint = start_in_worker(
+            broker.url(), logdir, "inworker-restart", "prefork", ("-c", "2")
+        )
+        client = Client(broker.url())
+        try:
+            queue = worker.queues[0]
+            done = sample_of("celery_task_succeeded_total", SUCCEED, worker)
+            for i in range(3):
+                client.send(SUCCEED, args=(i,), queue=queue)
+            wait_for(lambda: endpoint.metrics().get(done) == 3, EVENT_TIMEOUT, 0.2, "3 tasks")
+            broker.stop()
+            broker.start()
+            # More tasks than the socket's queue holds (10 datagrams), once the worker is back.
+            for i in range(20):
+                client.send(SUCCEED, args=(i,), queue=queue)
+            wait_for(
+                lambda: endpoint.metrics().get(done) == 23,
+                EVENT_TIMEOUT * 2, 0.2, "23 tasks after the restart",
+            )  # fmt: skip
+            after = endpoint.metrics()
+            assert after[sample_of("celery_task_started_total", SUCCEED, worker)] == 23
+            assert value(after, "celery_exporter_worker_events_dropped_total") == 0
+        finally:
+            client.close()
+            worker.stop()
