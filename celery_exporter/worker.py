@@ -23,6 +23,9 @@ Options of :func:`install`:
 
 - ``port`` (9809), ``host`` (``0.0.0.0``): where ``/metrics`` listens. A port in use is logged
   (``worker_exporter_cannot_listen``) and the worker runs on without the exporter.
+- ``web_config_file``: TLS and basic auth for ``/metrics``, in the exporter toolkit's YAML
+  (as the daemon's ``--web.config.file``). A file that cannot be used is logged and the worker
+  runs on without the exporter.
 - ``resources`` (True): also serve the CPU, memory, I/O, fd and thread figures of the worker's
   processes (:mod:`celery_exporter.resources`), refreshed every ``sample_interval`` (1 s).
 - ``settings``: a :class:`~celery_exporter.state.Settings` for the label caps, default queue and
@@ -53,6 +56,7 @@ from .http import MetricsServer
 from .log import forward_to_logging, get_logger
 from .resources import ProcessTable, Refresher, ResourceCollector
 from .state import ClusterState, Settings
+from .webconfig import WebConfigError, WebConfigWatcher
 
 log = get_logger(__name__)
 
@@ -161,6 +165,7 @@ class WorkerExporter:
         host: str = "0.0.0.0",
         resources: bool = True,
         sample_interval: float = 1.0,
+        web_config_file: str | None = None,
         settings: Settings | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
@@ -170,6 +175,7 @@ class WorkerExporter:
         self.host = host
         self.resources = resources
         self.sample_interval = sample_interval
+        self.web_config_file = web_config_file
         # The worker is always "up" to itself: never time it out nor purge its task series.
         base = settings or Settings()
         self.settings = replace(
@@ -389,14 +395,22 @@ class WorkerExporter:
         health = Health()
         health.connected()
         try:
+            web = WebConfigWatcher(self.web_config_file) if self.web_config_file else None
             self.server = MetricsServer(
                 self.host, self.port, self.registry, health.view,
                 title="Celery worker exporter", about=f"Metrics of Celery worker {hostname}.",
+                web=web,
             )  # fmt: skip
         except OSError as exc:
             log.error(
                 "worker_exporter_cannot_listen", host=self.host, port=self.port, error=str(exc),
                 hint="pass another port to celery_exporter.worker.install(app, port=...)",
+            )  # fmt: skip
+            return
+        except WebConfigError as exc:
+            log.error(
+                "worker_exporter_bad_web_config", path=self.web_config_file, error=str(exc),
+                hint="fix the file given to celery_exporter.worker.install(web_config_file=...)",
             )  # fmt: skip
             return
         self.server.start()

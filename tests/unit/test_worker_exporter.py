@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,3 +181,48 @@ def test_main_process_applies_only_its_own_task_events(exporter: WorkerExporter)
     )
     assert not [k for k in got if ("hostname", "evil@h") in k[1]]
     assert value(got, "celery_exporter_worker_events_dropped_total") == 0
+
+
+def test_web_config_guards_the_worker_endpoint(tmp_path: Path) -> None:
+    """With web_config_file's basic auth, /metrics answers 401 without credentials, 200 with."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  prometheus: {hashed}\n")
+    app = App()
+    exp = install(
+        app, port=free_port(), host="127.0.0.1", resources=False, web_config_file=str(web)
+    )
+    signals.worker_init.send(sender=SignalWorker(app, HOST))
+    try:
+        assert exp.server is not None
+        url = f"http://127.0.0.1:{exp.server.port}/metrics"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(url, timeout=5)
+        assert denied.value.code == 401
+        token = base64.b64encode(b"prometheus:s3cret").decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        exp.stop()
+        exp.disconnect()
+
+
+def test_unusable_web_config_leaves_the_worker_running(tmp_path: Path) -> None:
+    """A web config file that cannot be used is logged; the exporter does not serve, nothing raises."""
+    app = App()
+    missing = str(tmp_path / "missing.yml")
+    exp = install(app, port=free_port(), host="127.0.0.1", resources=False, web_config_file=missing)
+    try:
+        signals.worker_init.send(sender=SignalWorker(app, HOST))
+        assert exp.role == "main"
+        assert exp.server is None
+    finally:
+        exp.stop()
+        exp.disconnect()
