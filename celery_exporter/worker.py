@@ -347,8 +347,7 @@ class WorkerExporter:
     # -- events -------------------------------------------------------------------------------
 
     def _emit(self, event: dict[str, Any]) -> None:
-        event["hostname"] = self.hostname
-        event["timestamp"] = self.clock()
+        event["timestamp"] = self.clock()  # the hostname is the main process's to add
         if self.role == "pool" and self._outbox is not None:
             self._outbox.send(event)
         else:

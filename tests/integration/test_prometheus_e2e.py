@@ -57,6 +57,7 @@ from tests.integration.test_workload import (
     SOFT,
     SUCCEED,
     WORKLOAD,
+    send_workload,
 )
 
 pytestmark = [
@@ -227,11 +228,8 @@ def workload(stack: Stack) -> Stack:
     """Run the workload, fill the backlog and leave one long task running; wait for the daemon."""
     client, worker, daemon = stack.client, stack.worker, stack.daemon
     with client.held(worker):
-        for name, count in WORKLOAD.items():
-            if name != REVOKED:
-                for i in range(count):
-                    client.send(name, args=(i,) if name == SUCCEED else ())
-        revoked_id = client.send(REVOKED, countdown=REVOKE_COUNTDOWN)
+        revoked_id = send_workload(client, WORKLOAD)
+    assert revoked_id is not None
     for i in range(BACKLOG):
         client.send(SUCCEED, args=(i,), queue=BACKLOG_QUEUE)
     wait_metrics(

@@ -46,6 +46,7 @@ from tests.integration.test_workload import (
     SOFT,
     SUCCEED,
     WORKLOAD,
+    send_workload,
 )
 
 pytestmark = pytest.mark.integration
@@ -125,13 +126,8 @@ def run_workload(
 ) -> tuple[dict[Sample, float], dict[Sample, float]]:
     """Send ``workload`` to ``worker``'s queue; return scrapes before and once ``expected`` is in."""
     before = endpoint.metrics()
-    queue = worker.queues[0]
-    for name, count in workload.items():
-        if name != REVOKED:
-            for i in range(count):
-                client.send(name, args=(i,) if name == SUCCEED else (), queue=queue)
-    if REVOKED in workload:
-        revoked_id = client.send(REVOKED, countdown=REVOKE_COUNTDOWN, queue=queue)
+    revoked_id = send_workload(client, workload, queue=worker.queues[0])
+    if revoked_id is not None:
         wait_metrics(
             endpoint,  # type: ignore[arg-type]
             {sample_of("celery_task_received_total", REVOKED, worker): 1},

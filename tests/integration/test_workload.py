@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping
+from typing import Any
 
 import celery
 import pytest
@@ -104,6 +105,17 @@ FAILED = {
 }
 
 
+def send_workload(client: Client, workload: Mapping[str, int], **options: Any) -> str | None:
+    """Send every task of ``workload`` (the revoked one with a countdown); return that one's id."""
+    for name, count in workload.items():
+        if name != REVOKED:
+            for i in range(count):
+                client.send(name, args=(i,) if name == SUCCEED else (), **options)
+    if REVOKED not in workload:
+        return None
+    return client.send(REVOKED, countdown=REVOKE_COUNTDOWN, **options)
+
+
 class Workload:
     """Scrapes before and after the workload, and the deltas between them."""
 
@@ -137,11 +149,8 @@ def workload(exporter: ExporterProcess, worker: WorkerProcess, client: Client) -
     """Run the workload on the shared worker; scrape once every event of it is in."""
     before = exporter.metrics()
     with client.held(worker):
-        for name, count in WORKLOAD.items():
-            if name != REVOKED:
-                for i in range(count):
-                    client.send(name, args=(i,) if name == SUCCEED else ())
-        revoked_id = client.send(REVOKED, countdown=REVOKE_COUNTDOWN)
+        revoked_id = send_workload(client, WORKLOAD)
+    assert revoked_id is not None
     # Revoke once the worker holds the task, so it is received (and reserved) first.
     wait_metrics(
         exporter, {sample("celery_task_received_total", name=REVOKED, queue_name=Q): 1}, before

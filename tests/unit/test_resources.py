@@ -143,14 +143,6 @@ def test_pool_replacement_counted_and_cpu_kept(forker: subprocess.Popen[str]) ->
     assert value(after, "celery_exporter_collector_success", collector="resources") == 1
 
 
-def test_sidecar_table_finds_only_matching_workers(forker: subprocess.Popen[str]) -> None:
-    """A table without a main pid finds no worker among processes that are not Celery workers."""
-    table = ProcessTable()
-    table.refresh()
-    assert forker.pid not in table.workers
-    assert all(w.main.pid != os.getpid() for w in table.workers.values())
-
-
 #: A fake ``celery ... worker`` main process: forks one child (same command line), both sleep.
 FAKE_CELERY = textwrap.dedent(
     """\
@@ -203,7 +195,8 @@ def test_repeated_node_name_is_watched_once_the_first_has_gone(
     table = ProcessTable(match=re.compile(r"-n dup-\d+@h"))
     node = f"dup-{os.getpid()}@h"
     first = fake_celery(node)
-    second = fake_celery(node)
+    assert watched(table, node) == [(first.pid, 1)]
+    second = fake_celery(node)  # started while the first is watched: a restart's overlap
     assert watched(table, node) == [(first.pid, 1)]
     assert table.errors == {"duplicate_hostname": 1}
     os.killpg(first.pid, signal.SIGKILL)
@@ -271,3 +264,18 @@ def test_pool_cpu_includes_programs_the_tasks_ran() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def test_match_picks_the_main_processes_it_names(
+    fake_celery: Callable[[str], subprocess.Popen[str]],
+) -> None:
+    """Of two workers only the one --match names is watched, its pool process with it."""
+    tag = os.getpid()
+    table = ProcessTable(match=re.compile(rf"-n wanted-{tag}@h"))
+    wanted = fake_celery(f"wanted-{tag}@h")
+    fake_celery(f"other-{tag}@h")
+    table.refresh()
+    mine = {
+        w.hostname: (pid, len(w.pool)) for pid, w in table.workers.items() if str(tag) in w.hostname
+    }
+    assert mine == {f"wanted-{tag}@h": (wanted.pid, 1)}
