@@ -43,8 +43,8 @@ from typing import IO, Any
 import psutil
 import redis
 
-from celery_exporter.testing import RedisServer, fetch, free_port, scrape, total, value, wait_for
-from celery_exporter.wire import encode_envelope
+from celery_exporter.events.envelope import encode_envelope
+from tests.support import RedisServer, fetch, free_port, scrape, total, value, wait_for
 
 HOST = "127.0.0.1"
 DEFAULT_CMD = (

@@ -26,7 +26,7 @@ from typing import Any
 
 from celery_exporter import config, log
 from celery_exporter.daemon import Daemon
-from celery_exporter.testing import free_port, wait_for
+from tests.support import free_port, wait_for
 
 #: The scraping client, run in a process of its own: prints the body size, then each time.
 CLIENT = """

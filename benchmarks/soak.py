@@ -53,7 +53,7 @@ from ingest import (
     start_exporter,
 )
 
-from celery_exporter.testing import RedisServer, fetch, free_port, parse_metrics, total, value
+from tests.support import RedisServer, fetch, free_port, parse_metrics, total, value
 
 #: Families a sample reads; other lines of the page are only counted.
 SAMPLED = ("celery_exporter_", "celery_worker_up", "celery_task_received_total")

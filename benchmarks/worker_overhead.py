@@ -49,7 +49,7 @@ from typing import Any
 import psutil
 from celery import Celery, signals
 
-from celery_exporter.testing import (
+from tests.support import (
     RedisServer,
     SignalWorker,
     free_port,
@@ -76,7 +76,7 @@ def succeeded(exporter: Any) -> float:
     """``celery_task_succeeded_total`` of the benchmark's task, as the exporter holds it."""
     from prometheus_client import generate_latest
 
-    from celery_exporter.testing import parse_metrics, value
+    from tests.support import parse_metrics, value
 
     text = generate_latest(exporter.registry).decode()
     labels = {"name": "bench.task", "hostname": HOST, "queue_name": "celery"}

@@ -221,7 +221,7 @@ def parse_ssl_pair(text: str) -> tuple[str, Any]:
 
 def _parse_web_config_file(text: str) -> str:
     """A web configuration file in the exporter toolkit format (TLS and basic auth)."""
-    from .webconfig import parse_file
+    from .web.webconfig import parse_file
 
     return parse_file(text)
 

@@ -17,17 +17,19 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
-from .background import CollectorHealth, Poller
-from .collector import EventCollector, HealthCollector
+from .broker import Broker, celery_app
+from .broker.measure import backend_for
+from .collectors.events import EventCollector, HealthCollector
+from .collectors.inspect import InspectCollector
+from .collectors.polling import CollectorHealth, Poller
+from .collectors.queues import QueueCollector
 from .config import Config
-from .consumer import Broker, EventConsumer
-from .health import Health
-from .http import MetricsServer
+from .events.consumer import EventConsumer
 from .log import get_logger
-from .pools import InspectCollector
-from .queues import QueueCollector, backend_for
 from .state import ClusterState
-from .webconfig import WebConfigWatcher
+from .web.health import Health
+from .web.server import MetricsServer
+from .web.webconfig import WebConfigWatcher
 
 log = get_logger(__name__)
 
@@ -79,12 +81,19 @@ class Daemon:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+        self.broker = Broker(
+            config.broker_url, config.broker_transport_options, config.broker_ssl_options
+        )
+        # Built here, on the main thread: Celery's lazy top-level module is not safe to import
+        # for the first time from two threads at once (the consumer's and inspect's broadcasts).
+        self.app = celery_app(self.broker, "celery-exporter")
         self.consumer = EventConsumer(
-            Broker(config.broker_url, config.broker_transport_options, config.broker_ssl_options),
+            self.broker,
             self.state,
             self.health,
             enable_events=config.enable_events,
             enable_events_interval=config.enable_events_interval,
+            app=self.app,
         )
         web = WebConfigWatcher(config.web_config_file) if config.web_config_file else None
         self.pollers = self._broker_collectors(config)
@@ -116,19 +125,17 @@ class Daemon:
 
     def _broker_collectors(self, config: Config) -> list[Poller[object]]:
         """Register the queue and inspect collectors that are on; return their pollers."""
-        broker = Broker(
-            config.broker_url, config.broker_transport_options, config.broker_ssl_options
-        )
+        broker = self.broker
         pollers: list[Poller[object]] = []
         inspect = None
         if config.inspect_collector:
-            inspect = InspectCollector(broker, self.state, config.inspect_interval)
+            inspect = InspectCollector(broker, self.state, config.inspect_interval, app=self.app)
             self.registry.register(inspect)
             pollers.append(inspect.poller)  # type: ignore[arg-type]
         backend = None
         if config.queue_collector:
             try:
-                backend = backend_for(broker, self.state, config.rabbitmq_management_url)
+                backend = backend_for(broker, config.rabbitmq_management_url)
             except ValueError as exc:
                 log.warning("queue_collector_off", reason=str(exc))
         if backend is not None:

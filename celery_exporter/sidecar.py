@@ -18,12 +18,12 @@ from types import FrameType
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
+from .collectors.processes import ProcessTable, Refresher, ResourceCollector
 from .config import SidecarConfig
-from .health import Health
-from .http import MetricsServer
 from .log import get_logger
-from .resources import ProcessTable, Refresher, ResourceCollector
-from .webconfig import WebConfigWatcher
+from .web.health import Health
+from .web.server import MetricsServer
+from .web.webconfig import WebConfigWatcher
 
 log = get_logger(__name__)
 

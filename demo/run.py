@@ -27,7 +27,7 @@ from typing import IO, Any
 import tasks
 from redis import Redis, RedisError
 
-from celery_exporter.testing import RedisServer, Sample, free_port, scrape, total, value, wait_for
+from tests.support import RedisServer, Sample, free_port, scrape, total, value, wait_for
 
 HOST = "127.0.0.1"
 DEMO_DIR = Path(__file__).resolve().parent

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 
-from celery_exporter.testing import RabbitMQServer, Sample, wait_for
 from tests.integration.conftest import ExporterProcess
+from tests.support import RabbitMQServer, Sample, wait_for
 
 #: Generous: two CPUs are shared with other jobs and each inspect round takes about 3 s.
 COLLECT_TIMEOUT = 90.0

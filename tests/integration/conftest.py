@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from celery_exporter.testing import (
+from tests.integration import taskapp
+from tests.support import (
     REDIS_MISSING,
     RedisServer,
     Sample,
@@ -35,7 +36,6 @@ from celery_exporter.testing import (
     value,
     wait_for,
 )
-from tests.integration import taskapp
 
 #: The repository root: workers import ``tests.integration.taskapp`` from here.
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
-from celery_exporter.testing import fetch, free_port, terminate, wait_for
+from tests.support import fetch, free_port, terminate, wait_for
 
 PROMETHEUS_MISSING = (
     "prometheus is not on PATH: `make system-deps` installs Debian's prometheus "

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from celery_exporter.testing import RedisServer
 from tests.integration import taskapp
 from tests.integration.brokers import FAST, wait_samples
 from tests.integration.conftest import Client, ExporterProcess, WorkerProcess, sample
+from tests.support import RedisServer
 
 pytestmark = pytest.mark.integration
 

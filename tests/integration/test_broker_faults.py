@@ -19,9 +19,9 @@ import pytest
 import redis
 from celery import Celery
 
-from celery_exporter import redis_stream
-from celery_exporter.testing import RabbitMQServer, RedisServer, free_port, value, wait_for
+from celery_exporter.events import redis_pubsub as redis_stream
 from tests.integration.conftest import START_TIMEOUT, ExporterProcess, sample, wait_metrics
+from tests.support import RabbitMQServer, RedisServer, free_port, value, wait_for
 
 pytestmark = pytest.mark.integration
 

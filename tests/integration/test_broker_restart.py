@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from celery_exporter.testing import RedisServer, Sample, value, wait_for
 from tests.integration import taskapp
 from tests.integration.conftest import (
     EVENT_TIMEOUT,
@@ -24,6 +23,7 @@ from tests.integration.conftest import (
     wait_metrics,
     wait_worker_up,
 )
+from tests.support import RedisServer, Sample, value, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from celery_exporter.testing import value
 from tests.integration import taskapp
 from tests.integration.conftest import (
     Client,
@@ -25,6 +24,7 @@ from tests.integration.conftest import (
     wait_heartbeat_after,
     wait_metrics,
 )
+from tests.support import value
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from urllib.parse import urljoin
 
 import pytest
 
-from celery_exporter.testing import RedisServer, free_port, parse_metrics, value, wait_for
 from tests.integration.conftest import START_TIMEOUT, ExporterProcess
+from tests.support import RedisServer, free_port, parse_metrics, value, wait_for
 
 pytestmark = pytest.mark.integration
 

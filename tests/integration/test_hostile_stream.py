@@ -15,8 +15,7 @@ import psutil
 import pytest
 import redis
 
-from celery_exporter import redis_stream
-from celery_exporter.testing import RedisServer, value, wait_for
+from celery_exporter.events import redis_pubsub as redis_stream
 from tests.integration import taskapp
 from tests.integration.conftest import (
     Client,
@@ -27,6 +26,7 @@ from tests.integration.conftest import (
     wait_heartbeat_after,
     wait_metrics,
 )
+from tests.support import RedisServer, value, wait_for
 
 pytestmark = pytest.mark.integration
 

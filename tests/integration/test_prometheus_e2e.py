@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
-from celery_exporter.testing import RedisServer, Sample, fetch, free_port, value, wait_for
 from tests.integration import taskapp
 from tests.integration.conftest import (
     EVENT_TIMEOUT,
@@ -59,6 +58,7 @@ from tests.integration.test_workload import (
     WORKLOAD,
     send_workload,
 )
+from tests.support import RedisServer, Sample, fetch, free_port, value, wait_for
 
 pytestmark = [
     pytest.mark.integration,

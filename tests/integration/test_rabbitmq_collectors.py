@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from celery_exporter.testing import RabbitMQServer
 from tests.integration import taskapp
 from tests.integration.brokers import FAST, rabbitmq, wait_samples
 from tests.integration.conftest import Client, ExporterProcess, WorkerProcess, sample
+from tests.support import RabbitMQServer
 
 pytestmark = pytest.mark.integration
 __all__ = ["rabbitmq"]

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from celery_exporter.testing import RedisServer, value, wait_for
 from tests.integration.conftest import (
     ExporterProcess,
     WorkerProcess,
     group_alive,
     wait_worker_up,
 )
+from tests.support import RedisServer, value, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -15,16 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from celery_exporter.testing import (
-    RedisServer,
-    Sample,
-    fetch,
-    free_port,
-    scrape,
-    terminate,
-    value,
-    wait_for,
-)
 from tests.integration import taskapp
 from tests.integration.conftest import (
     EVENT_TIMEOUT,
@@ -47,6 +37,16 @@ from tests.integration.test_workload import (
     SUCCEED,
     WORKLOAD,
     send_workload,
+)
+from tests.support import (
+    RedisServer,
+    Sample,
+    fetch,
+    free_port,
+    scrape,
+    terminate,
+    value,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,6 @@ from typing import Any
 import celery
 import pytest
 
-from celery_exporter.testing import Sample, value
 from tests.integration import taskapp
 from tests.integration.conftest import (
     EVENT_TIMEOUT,
@@ -36,6 +35,7 @@ from tests.integration.conftest import (
     wait_heartbeat_after,
     wait_metrics,
 )
+from tests.support import Sample, value
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,1 @@
+"""Metric families for /metrics: each collector reads one source and renders it."""

@@ -1,0 +1,1 @@
+"""The Celery event stream: reading it off the broker and decoding what it carries."""

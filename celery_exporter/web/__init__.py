@@ -1,0 +1,1 @@
+"""The HTTP side: the server, its TLS and basic auth, the text format and health."""

@@ -1,0 +1,70 @@
+"""The README documents every metric family of the queue and inspect collectors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from celery_exporter.broker import Broker
+from celery_exporter.broker.measure import Measurement
+from celery_exporter.collectors.inspect import InspectCollector
+from celery_exporter.collectors.polling import CollectorHealth
+from celery_exporter.collectors.queues import QueueCollector
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+class OneQueue:
+    """A backend reporting every figure for each queue asked for."""
+
+    def measure(self, queues: Sequence[str]) -> Measurement:
+        return Measurement(
+            length={q: 1 for q in queues},
+            unacked={q: 1 for q in queues},
+            consumers={q: 1 for q in queues},
+            oldest_sent={q: 1.0 for q in queues},
+        )
+
+
+def rendered_families() -> list[str]:
+    """Names of the families the two collectors and their self-metrics render."""
+    inspect = InspectCollector(
+        Broker("redis://127.0.0.1:1/0"), None, 30, broadcast=lambda: ({}, {}, {})
+    )
+    queues = QueueCollector(OneQueue(), None, ["q"], 10, 60)
+    inspect.poller.run_once()
+    queues.poller.run_once()
+    registry = CollectorRegistry()
+    for collector in (inspect, queues, CollectorHealth([inspect.poller, queues.poller])):  # type: ignore[list-item]
+        registry.register(collector)
+    text = generate_latest(registry).decode()
+    return sorted(f.name for f in text_string_to_metric_families(text))
+
+
+FAMILIES = rendered_families()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_readme_documents_collector_family(family: str) -> None:
+    """Each queue, pool and collector self-metric family is named in the README."""
+    assert f"`{family}`" in README
+
+
+def test_collector_families_are_the_contract() -> None:
+    """The collectors render exactly the families the issue names (guards the test above)."""
+    assert FAMILIES == [
+        "celery_exporter_collector_duration_seconds",
+        "celery_exporter_collector_last_success_timestamp_seconds",
+        "celery_exporter_collector_success",
+        "celery_queue_consumers",
+        "celery_queue_length",
+        "celery_queue_oldest_message_sent_timestamp_seconds",
+        "celery_queue_unacked",
+        "celery_worker_pool_size",
+        "celery_worker_prefetch_count",
+        "celery_worker_tasks_scheduled",
+    ]
