@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from ..collectors.base import Collector, Collectors
 from ..collectors.process_table import ProcessTable, Refresher
 from ..collectors.processes import ResourceCollector
-from ..config import SIDECAR_PORT
+from ..config import SIDECAR_OPTIONS, SIDECAR_PORT, default
 from ..internal import InternalErrors
 from ..log import forward_to_logging, get_logger
 from ..state import ClusterState, Settings
@@ -31,10 +31,10 @@ from .signals import ERROR_KINDS, TASK_EVENT_TYPES, WHERE, SignalReceivers
 
 log = get_logger(__name__)
 
-DEFAULT_PORT = SIDECAR_PORT
-DEFAULT_HOST = "0.0.0.0"
-#: How often the process table looks for pool processes that started or ended.
-DEFAULT_SAMPLE_INTERVAL = 1.0
+#: The worker side's defaults, as the resource sidecar's flags give them (9809, 0.0.0.0, 1 s).
+DEFAULT_PORT: int = SIDECAR_PORT
+DEFAULT_HOST: str = default("--host", SIDECAR_OPTIONS)
+DEFAULT_SAMPLE_INTERVAL: float = default("--sample-interval", SIDECAR_OPTIONS)
 
 
 class WorkerExporter:

@@ -8,7 +8,8 @@ import pytest
 from celery import signals
 
 from celery_exporter.worker import WorkerExporter, install
-from tests.support import SignalPool, SignalWorker, free_port
+from tests.support.launchers import free_port
+from tests.support.signals import SignalPool, SignalWorker
 from tests.unit.worker.helpers import HOST, App
 
 

@@ -7,7 +7,8 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from celery_exporter.worker import WorkerExporter
-from tests.support import parse_metrics, send_task_run
+from tests.support.scrape import parse_metrics
+from tests.support.signals import send_task_run
 
 HOST = "w1@box"
 QUEUE = "images"

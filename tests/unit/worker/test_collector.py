@@ -10,7 +10,9 @@ from celery import signals
 from celery_exporter import __version__
 from celery_exporter.collectors.base import Collector
 from celery_exporter.worker import WorkerCollector, WorkerExporter, install
-from tests.support import SignalWorker, free_port, value
+from tests.support.launchers import free_port
+from tests.support.scrape import value
+from tests.support.signals import SignalWorker
 from tests.unit.worker.helpers import HOST, App, samples
 
 

@@ -10,7 +10,8 @@ from celery import signals
 
 from celery_exporter.worker import WorkerExporter
 from celery_exporter.worker.ipc import Inbox, Outbox
-from tests.support import value, wait_for
+from tests.support.scrape import value
+from tests.support.waiting import wait_for
 from tests.unit.worker.helpers import HOST, QUEUE, run, samples
 
 

@@ -10,9 +10,12 @@ from celery import signals
 from celery.exceptions import Reject, Retry, TimeLimitExceeded
 
 from celery_exporter.worker import WorkerExporter, install
-from tests.support import SignalContext as Context
-from tests.support import SignalRequest, SignalWorker, free_port, value, wait_for
-from tests.support import SignalTask as Task
+from tests.support.launchers import free_port
+from tests.support.scrape import value
+from tests.support.signals import SignalContext as Context
+from tests.support.signals import SignalRequest, SignalWorker
+from tests.support.signals import SignalTask as Task
+from tests.support.waiting import wait_for
 from tests.unit.worker.helpers import HOST, QUEUE, App, run, samples
 
 
