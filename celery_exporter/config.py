@@ -7,6 +7,10 @@ A flag wins over its variable. Repeatable flags take one ``key=value`` each; the
 several separated by white space. Durations are seconds, or a number with ``ms``, ``s``, ``m``
 or ``h``. A value that does not fit raises :class:`ConfigError`, which names the flag or
 variable, the value, and what is allowed; the command line turns it into exit status 2.
+
+:data:`OPTIONS` (and :data:`SIDECAR_OPTIONS`) is the one place an option's default is written:
+``--help``, :func:`resolve` and the field defaults of
+:class:`~celery_exporter.state.settings.Settings` all read it (:func:`default`).
 """
 
 from __future__ import annotations
@@ -17,16 +21,24 @@ import json
 import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .state import DEFAULT_RUNTIME_BUCKETS, DEFAULT_WAIT_BUCKETS, Settings
+from .broker.redis_url import CERT_REQS_KEYS, cert_reqs, check_hostname
+
+if TYPE_CHECKING:  # state.settings reads its defaults from this module
+    from .state.settings import Settings
 
 ENV_PREFIX = "CELERY_EXPORTER_"
 SIDECAR_ENV_PREFIX = "CELERY_EXPORTER_SIDECAR_"
 DEFAULT_PORT = 9808
 SIDECAR_PORT = 9809
+DEFAULT_RUNTIME_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+)  # fmt: skip
+DEFAULT_WAIT_BUCKETS = DEFAULT_RUNTIME_BUCKETS
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -41,7 +53,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
-    """Everything the daemon reads from its flags and environment."""
+    """Everything the daemon reads from its flags and environment (defaults: :data:`OPTIONS`)."""
 
     broker_url: str
     broker_transport_options: Mapping[str, Any]
@@ -53,20 +65,20 @@ class Config:
     enable_events: bool
     enable_events_interval: float
     settings: Settings
-    queues: tuple[str, ...] = ()
-    queue_collector: bool = True
-    queue_interval: float = 10.0
-    queue_purge_after: float = 3600.0
-    rabbitmq_management_url: str | None = None
-    inspect_collector: bool = True
-    inspect_interval: float = 30.0
-    web_config_file: str | None = None
-    web_healthz_unauthenticated: bool = False
+    queues: tuple[str, ...]
+    queue_collector: bool
+    queue_interval: float
+    queue_purge_after: float
+    rabbitmq_management_url: str | None
+    inspect_collector: bool
+    inspect_interval: float
+    web_config_file: str | None
+    web_healthz_unauthenticated: bool
 
 
 @dataclass(frozen=True)
 class SidecarConfig:
-    """Everything ``celery-exporter sidecar`` reads from its flags and environment."""
+    """Everything ``celery-exporter sidecar`` reads (defaults: :data:`SIDECAR_OPTIONS`)."""
 
     host: str
     port: int
@@ -74,8 +86,8 @@ class SidecarConfig:
     sample_interval: float
     log_level: str
     log_format: str
-    web_config_file: str | None = None
-    web_healthz_unauthenticated: bool = False
+    web_config_file: str | None
+    web_healthz_unauthenticated: bool
 
 
 @dataclass(frozen=True)
@@ -212,8 +224,16 @@ def parse_pair(text: str) -> tuple[str, Any]:
 
 
 def parse_ssl_pair(text: str) -> tuple[str, Any]:
-    """key=value, where CERT_NONE, CERT_OPTIONAL and CERT_REQUIRED name the ssl constants."""
+    """key=value, where CERT_NONE, CERT_OPTIONAL and CERT_REQUIRED name the ssl constants.
+
+    ``ssl_cert_reqs`` (and AMQP's ``cert_reqs``) must name one of them (or be required,
+    optional or none), and ``ssl_check_hostname`` must be true or false.
+    """
     key, value = parse_pair(text)
+    if key in CERT_REQS_KEYS:
+        return key, cert_reqs(value, key)
+    if key == "ssl_check_hostname":
+        return key, check_hostname(value)
     if isinstance(value, str) and value.upper() in ("CERT_NONE", "CERT_OPTIONAL", "CERT_REQUIRED"):
         value = getattr(ssl, value.upper())
     return key, value
@@ -257,17 +277,14 @@ def parse_regex(text: str) -> re.Pattern[str]:
         raise ValueError(f"expected a regular expression: {exc}") from None
 
 
-def _buckets_text(buckets: Sequence[float]) -> str:
-    return ",".join(f"{b:g}" for b in buckets)
-
-
 OPTIONS: tuple[Option, ...] = (
     Option("--broker-url", "Broker to follow: redis://, rediss://, sentinel://, amqp://, amqps://.",
            "redis://localhost:6379/0", parse_broker_url, metavar="URL", extra_env=("CELERY_BROKER_URL",)),
     Option("--broker-transport-option", "Kombu transport option, e.g. master_name=mymaster or "
            "global_keyprefix=prod: (repeatable).", (), parse_pair, "pairs", "KEY=VALUE"),
     Option("--broker-ssl-option", "TLS option for rediss:// or amqps://, e.g. "
-           "ssl_cert_reqs=CERT_REQUIRED or ca_certs=/ca.pem (repeatable).",
+           "ssl_cert_reqs=CERT_REQUIRED, ssl_ca_certs=/ca.pem (Redis) or ca_certs=/ca.pem "
+           "(AMQP) (repeatable).",
            (), parse_ssl_pair, "pairs", "KEY=VALUE"),
     Option("--host", "Address the HTTP server listens on.", "0.0.0.0", non_empty, metavar="ADDRESS"),
     Option("--port", "Port the HTTP server listens on.", DEFAULT_PORT, parse_port, metavar="PORT"),
@@ -340,6 +357,29 @@ SIDECAR_OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 
+def option(flag: str, options: Sequence[Option] = OPTIONS) -> Option:
+    """The option ``flag`` names in ``options``; KeyError if there is none."""
+    for opt in options:
+        if opt.flag == flag:
+            return opt
+    raise KeyError(flag)
+
+
+def default(flag: str, options: Sequence[Option] = OPTIONS) -> Any:
+    """The default of ``flag``, as the option table gives it."""
+    return option(flag, options).default
+
+
+def default_text(opt: Option) -> str | None:
+    """The default as ``--help`` shows it, or None when there is nothing to show."""
+    value = opt.default
+    if value is None or value is False or value == ():
+        return None
+    if isinstance(value, tuple) and all(isinstance(item, float) for item in value):
+        return ",".join(f"{item:g}" for item in value)
+    return str(value)
+
+
 def build_parser(
     prog: str = "celery-exporter", options: Sequence[Option] | None = None
 ) -> argparse.ArgumentParser:
@@ -360,15 +400,12 @@ def build_parser(
         )
         epilog = (
             f"Every flag can also be set with an environment variable {ENV_PREFIX}<FLAG>, "
-            "e.g. CELERY_EXPORTER_PORT=9808."
+            f"e.g. {ENV_PREFIX}PORT={DEFAULT_PORT}."
         )
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for opt in options:
-        default = opt.default
-        if isinstance(default, tuple) and default and isinstance(default[0], float):
-            default = _buckets_text(default)
-        shown = f" (default: {default})" if default not in (None, (), False) else ""
+        shown = "" if (text := default_text(opt)) is None else f" (default: {text})"
         help_text = f"{opt.help}{shown} [env {opt.env}]"
         if opt.kind == "bool":
             parser.add_argument(
@@ -455,33 +492,13 @@ def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
 def load_sidecar(argv: Sequence[str] | None, environ: Mapping[str, str]) -> SidecarConfig:
     """Parse the sidecar's flags and environment; exits 2 on a usage error."""
     values = _parse("celery-exporter sidecar", SIDECAR_OPTIONS, argv, environ)
-    return SidecarConfig(
-        host=values["host"],
-        port=values["port"],
-        match=values["match"],
-        sample_interval=values["sample_interval"],
-        log_level=values["log_level"],
-        log_format=values["log_format"],
-        web_config_file=values["web_config_file"],
-        web_healthz_unauthenticated=bool(values["web_healthz_unauthenticated"]),
-    )
+    return SidecarConfig(**{field.name: values[field.name] for field in fields(SidecarConfig)})
 
 
 def from_values(values: Mapping[str, Any]) -> Config:
-    """Build a :class:`Config` from resolved option values."""
-    settings = Settings(
-        worker_label=values["worker_label"],
-        default_queue=values["default_queue"],
-        worker_timeout=values["worker_timeout"],
-        worker_purge_after=values["worker_purge_after"],
-        max_tracked_tasks=values["max_tracked_tasks"],
-        max_task_names=values["max_task_names"],
-        max_exceptions=values["max_exceptions"],
-        max_queues=values["max_queues"],
-        max_workers=values["max_workers"],
-        runtime_buckets=tuple(values["runtime_buckets"]),
-        wait_buckets=tuple(values["wait_buckets"]),
-    )
+    """Build a :class:`Config` from resolved option values; KeyError names a missing one."""
+    from .state.settings import Settings
+
     return Config(
         broker_url=values["broker_url"],
         broker_transport_options=values["broker_transport_option"],
@@ -492,14 +509,14 @@ def from_values(values: Mapping[str, Any]) -> Config:
         log_format=values["log_format"],
         enable_events=values["enable_events"],
         enable_events_interval=values["enable_events_interval"],
-        web_config_file=values.get("web_config_file"),
-        web_healthz_unauthenticated=bool(values.get("web_healthz_unauthenticated")),
-        settings=settings,
-        queues=tuple(values.get("queues") or ()),
-        queue_collector=bool(values.get("queue_collector", True)),
-        queue_interval=values.get("queue_interval", 10.0),
-        queue_purge_after=values.get("queue_purge_after", 3600.0),
-        rabbitmq_management_url=values.get("rabbitmq_management_url"),
-        inspect_collector=bool(values.get("inspect_collector", True)),
-        inspect_interval=values.get("inspect_interval", 30.0),
+        settings=Settings.from_values(values),
+        queues=values["queues"],
+        queue_collector=values["queue_collector"],
+        queue_interval=values["queue_interval"],
+        queue_purge_after=values["queue_purge_after"],
+        rabbitmq_management_url=values["rabbitmq_management_url"],
+        inspect_collector=values["inspect_collector"],
+        inspect_interval=values["inspect_interval"],
+        web_config_file=values["web_config_file"],
+        web_healthz_unauthenticated=values["web_healthz_unauthenticated"],
     )

@@ -10,6 +10,9 @@ separated by ``;``, give the sentinels). ``rediss://`` reads these ``--broker-ss
 - ``ssl_check_hostname`` (default true, as in redis-py; always false with ``CERT_NONE``):
   whether the certificate must name the host in the URL.
 
+:func:`cert_reqs` and :func:`check_hostname` are also what ``--broker-ssl-option`` is checked
+with at start, so a value these cannot read stops the exporter before it connects.
+
 The transport options ``socket_timeout`` and ``socket_connect_timeout`` (default 5 s) and, for
 Sentinel, ``master_name`` and ``sentinel_kwargs`` are read by :func:`client`.
 """
@@ -31,6 +34,38 @@ _CERT_REQS = {
     "optional": ssl.CERT_OPTIONAL,
     "required": ssl.CERT_REQUIRED,
 }
+#: Option keys naming a certificate requirement: redis-py's, and py-amqp's for ``amqps://``.
+CERT_REQS_KEYS = ("ssl_cert_reqs", "cert_reqs")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def cert_reqs(value: Any, key: str = "ssl_cert_reqs") -> ssl.VerifyMode:
+    """A certificate requirement: an ssl constant, its name, or required, optional or none."""
+    if isinstance(value, str):
+        word = value.strip().lower().removeprefix("cert_")
+        if word in _CERT_REQS:
+            return _CERT_REQS[word]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return ssl.VerifyMode(value)
+        except ValueError:
+            pass
+    raise ValueError(
+        f"{key} must be CERT_REQUIRED, CERT_OPTIONAL or CERT_NONE (or required, optional, none)"
+    )
+
+
+def check_hostname(value: Any) -> bool:
+    """An ``ssl_check_hostname`` value: true or false (also yes/no, on/off, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("ssl_check_hostname must be true or false")
 
 
 @dataclass(frozen=True)
@@ -90,23 +125,15 @@ class TlsOptions:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TlsOptions:
-        """Read the ``ssl_*`` keys; a word for ``ssl_cert_reqs`` that is not known is an error."""
-        reqs = options.get("ssl_cert_reqs", ssl.CERT_REQUIRED)
-        if isinstance(reqs, str):
-            word = reqs.strip().lower().removeprefix("cert_")
-            if word not in _CERT_REQS:
-                raise ValueError(
-                    f"ssl_cert_reqs={reqs!r}: expected CERT_REQUIRED, CERT_OPTIONAL or CERT_NONE"
-                )
-            reqs = _CERT_REQS[word]
-        mode = ssl.VerifyMode(reqs)
-        check = options.get("ssl_check_hostname", True)
+        """Read the ``ssl_*`` keys; a value that cannot be read raises ValueError."""
+        mode = cert_reqs(options.get("ssl_cert_reqs", ssl.CERT_REQUIRED))
+        check = check_hostname(options.get("ssl_check_hostname", True))
         return cls(
             cert_reqs=mode,
             ca_certs=_path(options.get("ssl_ca_certs")),
             certfile=_path(options.get("ssl_certfile")),
             keyfile=_path(options.get("ssl_keyfile")),
-            check_hostname=bool(check) and mode != ssl.CERT_NONE,
+            check_hostname=check and mode != ssl.CERT_NONE,
         )
 
     def context(self) -> ssl.SSLContext:

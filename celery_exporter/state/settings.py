@@ -1,29 +1,53 @@
-"""How events become series: label choices, caps, time limits and histogram buckets."""
+"""How events become series: label choices, caps, time limits and histogram buckets.
+
+Each field that a flag sets takes its default from that flag's entry in
+:data:`celery_exporter.config.OPTIONS`, so ``Settings()`` is what the daemon runs with when no
+flag is given.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-DEFAULT_RUNTIME_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
-)  # fmt: skip
-DEFAULT_WAIT_BUCKETS = DEFAULT_RUNTIME_BUCKETS
+from .. import config
+
+DEFAULT_RUNTIME_BUCKETS: tuple[float, ...] = config.default("--runtime-buckets")
+DEFAULT_WAIT_BUCKETS: tuple[float, ...] = config.default("--wait-buckets")
+#: Finished tasks remembered to spot a repeated event; no flag sets it.
+MAX_FINISHED_TASKS = 10_000
+
+
+def _flag(flag: str) -> Any:
+    """A field whose default, and value in :meth:`Settings.from_values`, is the flag's."""
+    return field(default=config.default(flag), metadata={"flag": flag})
 
 
 @dataclass(frozen=True)
 class Settings:
     """How events become series: label choices, caps and time limits."""
 
-    worker_label: bool = False
-    default_queue: str = "celery"
-    worker_timeout: float | None = None
-    worker_purge_after: float = 3600.0
-    max_tracked_tasks: int = 100_000
-    max_finished_tasks: int = 10_000
-    max_task_names: int = 1000
-    max_exceptions: int = 200
-    max_queues: int = 500
-    max_workers: int = 1000
-    runtime_buckets: tuple[float, ...] = DEFAULT_RUNTIME_BUCKETS
-    wait_buckets: tuple[float, ...] = DEFAULT_WAIT_BUCKETS
+    worker_label: bool = _flag("--worker-label")
+    default_queue: str = _flag("--default-queue")
+    worker_timeout: float | None = _flag("--worker-timeout")
+    worker_purge_after: float = _flag("--worker-purge-after")
+    max_tracked_tasks: int = _flag("--max-tracked-tasks")
+    max_finished_tasks: int = MAX_FINISHED_TASKS
+    max_task_names: int = _flag("--max-task-names")
+    max_exceptions: int = _flag("--max-exceptions")
+    max_queues: int = _flag("--max-queues")
+    max_workers: int = _flag("--max-workers")
+    runtime_buckets: tuple[float, ...] = _flag("--runtime-buckets")
+    wait_buckets: tuple[float, ...] = _flag("--wait-buckets")
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Settings:
+        """Settings from resolved option values; KeyError names one that is missing."""
+        return cls(
+            **{
+                f.name: values[config.option(f.metadata["flag"]).dest]
+                for f in fields(cls)
+                if "flag" in f.metadata
+            }
+        )

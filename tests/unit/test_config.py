@@ -290,12 +290,49 @@ def test_parse_pair_rejects(text: str) -> None:
         ("ssl_cert_reqs=CERT_REQUIRED", ssl.CERT_REQUIRED),
         ("ssl_cert_reqs=cert_optional", ssl.CERT_OPTIONAL),
         ("ssl_cert_reqs=CERT_NONE", ssl.CERT_NONE),
+        ("ssl_cert_reqs=required", ssl.CERT_REQUIRED),
+        ("ssl_cert_reqs= Optional", ssl.CERT_OPTIONAL),
+        ("ssl_cert_reqs=none", ssl.CERT_NONE),
+        ("ssl_cert_reqs=2", ssl.CERT_REQUIRED),
+        ("cert_reqs=none", ssl.CERT_NONE),
+        ("ssl_check_hostname=false", False),
+        ("ssl_check_hostname=no", False),
+        ("ssl_check_hostname=on", True),
         ("ssl_ca_certs=/etc/ca.pem", "/etc/ca.pem"),
     ],
 )
 def test_parse_ssl_pair(text: str, expected: Any) -> None:
-    """CERT_* names become the ssl module's constants; other values stay as they are."""
-    assert config.parse_ssl_pair(text) == (text.split("=")[0], expected)
+    """Certificate requirements become ssl constants, ssl_check_hostname a bool, the rest stays."""
+    key, value = config.parse_ssl_pair(text)
+    assert (key, value) == (text.split("=")[0], expected)
+    assert type(value) is type(expected)
+
+
+CERT_REQS_RULE = "must be CERT_REQUIRED, CERT_OPTIONAL or CERT_NONE (or required, optional, none)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "line"),
+    [
+        (["--broker-ssl-option", "ssl_cert_reqs=CERT_MAYBE"], {},
+         f"--broker-ssl-option: invalid value 'ssl_cert_reqs=CERT_MAYBE': ssl_cert_reqs {CERT_REQS_RULE}"),
+        (["--broker-ssl-option", "ssl_ca_certs=/ca.pem", "--broker-ssl-option", "ssl_cert_reqs=7"], {},
+         f"--broker-ssl-option: invalid value 'ssl_cert_reqs=7': ssl_cert_reqs {CERT_REQS_RULE}"),
+        ([], {"CELERY_EXPORTER_BROKER_SSL_OPTION": "ssl_ca_certs=/ca.pem ssl_cert_reqs=strict"},
+         "CELERY_EXPORTER_BROKER_SSL_OPTION: invalid value 'ssl_cert_reqs=strict': "
+         f"ssl_cert_reqs {CERT_REQS_RULE}"),
+        (["--broker-ssl-option", "cert_reqs=yes"], {},
+         f"--broker-ssl-option: invalid value 'cert_reqs=yes': cert_reqs {CERT_REQS_RULE}"),
+        (["--broker-ssl-option", "ssl_check_hostname=maybe"], {},
+         "--broker-ssl-option: invalid value 'ssl_check_hostname=maybe': "
+         "ssl_check_hostname must be true or false"),
+    ],
+)  # fmt: skip
+def test_load_rejects_bad_tls_option(
+    capsys: pytest.CaptureFixture[str], argv: list[str], environ: dict[str, str], line: str
+) -> None:
+    """An unreadable certificate requirement or hostname check exits 2 naming source and choices."""
+    assert load_error(capsys, argv, environ) == f"celery-exporter: error: {line}"
 
 
 @pytest.mark.parametrize(
