@@ -1,16 +1,17 @@
-"""What the event stream says about tasks and workers, kept as plain counters."""
+"""What the event stream says about tasks and workers, kept as plain counters.
 
-from .cluster import (
-    TASK_COUNTERS,
-    UNKNOWN,
-    ClusterState,
-    Histogram,
-    LabelKey,
-    Snapshot,
-)
+``cluster`` is the facade (lock, dispatch, snapshot, purge); ``handlers`` moves tasks through
+their life; ``tasks``, ``workers`` and ``series`` are the tables; ``labels`` bounds label
+values; ``settings`` holds the choices; ``worker_queues`` is what the inspect collector learned.
+"""
+
+from .cluster import ClusterState, Snapshot
+from .labels import UNKNOWN
+from .series import TASK_COUNTERS, Histogram, LabelKey
 from .settings import DEFAULT_RUNTIME_BUCKETS, DEFAULT_WAIT_BUCKETS, Settings
+from .worker_queues import WorkerQueues
 
 __all__ = [
     "DEFAULT_RUNTIME_BUCKETS", "DEFAULT_WAIT_BUCKETS", "TASK_COUNTERS", "UNKNOWN", "ClusterState",
-    "Histogram", "LabelKey", "Settings", "Snapshot",
+    "Histogram", "LabelKey", "Settings", "Snapshot", "WorkerQueues",
 ]  # fmt: skip

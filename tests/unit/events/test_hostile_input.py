@@ -41,6 +41,8 @@ FAST = settings(
 TASK_TYPES = ("task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
               "task-retried", "task-revoked", "task-rejected", "task-cancelled")  # fmt: skip
 EVENT_TYPES = (*TASK_TYPES, "worker-online", "worker-heartbeat", "worker-offline")
+#: Task event types the state applies (the in-worker exporter also sends task-ignored).
+APPLIED_TASK_TYPES = frozenset((*TASK_TYPES, "task-ignored"))
 
 
 def consumer(state: ClusterState) -> EventConsumer:
@@ -94,6 +96,13 @@ runtimes = st.one_of(
 )
 
 
+def unusable_uuid(event: dict[str, Any]) -> bool:
+    """Whether an event is a task event the state applies whose uuid cannot identify a task."""
+    uuid = event.get("uuid")
+    usable = isinstance(uuid, str) and 0 < len(uuid) <= 200
+    return event["type"] in APPLIED_TASK_TYPES and not usable
+
+
 @st.composite
 def hostile_event(draw: st.DrawFn) -> dict[str, Any]:
     """An event dict with a string type (known or not) and hostile values in every field."""
@@ -124,7 +133,7 @@ def hostile_event(draw: st.DrawFn) -> dict[str, Any]:
 @FAST
 @given(st.lists(hostile_event(), min_size=1, max_size=30))
 def test_handlers_never_raise_and_render(events: list[dict[str, Any]]) -> None:
-    """Any events with a string type are handled without raising, and /metrics still renders."""
+    """Any events with a string type are applied or counted malformed, no handler raises, and /metrics renders."""
     state = ClusterState(Settings(max_task_names=3, max_exceptions=3, max_queues=3, max_workers=3))
     state.handle_batch(events)
     for event in events:
@@ -133,10 +142,14 @@ def test_handlers_never_raise_and_render(events: list[dict[str, Any]]) -> None:
     assert "celery_exporter_events_total" in text
     snap = state.snapshot()
     assert sum(snap.events.values()) == 2 * len(events)
+    assert state.errors.counts() == {}
+    unusable = sum(1 for event in events if unusable_uuid(event))
+    assert snap.malformed == ({"schema": 2 * unusable} if unusable else {})
     for kind, series in snap.counters.items():
         for key in series:
             assert all(isinstance(v, str) and len(v) <= MAX_VALUE_LENGTH for v in key), (kind, key)
-    for cap in (state.names, state.exceptions, state.queues, state.hostnames):
+    handlers = state.handlers
+    for cap in (handlers.names, handlers.exceptions, handlers.queues, state.workers.hostnames):
         assert len(cap.seen) <= 3
     assert len(snap.workers) <= 4
 
@@ -356,7 +369,7 @@ def test_caps_hold_for_any_names(names: list[str], cap: int) -> None:
     assert sum(snap.counters["received"].values()) == len(names)
     if distinct > cap:
         assert OVERFLOW in labels
-        assert snap.overflow["name"] == sum(1 for n in names if n not in state.names.seen)
+        assert snap.overflow["name"] == sum(1 for n in names if n not in state.handlers.names.seen)
 
 
 def test_flood_of_distinct_values_stays_under_default_caps() -> None:

@@ -7,9 +7,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+import structlog
 
 from celery_exporter.events.envelope import decode_envelope, encode_envelope
-from celery_exporter.state import ClusterState, Settings, Snapshot
+from celery_exporter.state import ClusterState, Settings, Snapshot, WorkerQueues
+from celery_exporter.state.handlers import TaskHandlers
 from tests.support import ManualClock
 
 T0 = 1_700_000_000.0
@@ -628,10 +630,13 @@ def test_worker_purged_after_worker_purge_after() -> None:
     state, clock = make(worker_purge_after=100.0, max_workers=1)
     state.handle(heartbeat())
     clock.now = T0 + 99.9
+    assert state.purge() == []
     assert list(state.snapshot().workers) == [W1]
     clock.now = T0 + 100
+    assert list(state.snapshot().workers) == [W1]  # a snapshot never purges
+    assert state.purge() == [W1]
     assert state.snapshot().workers == {}
-    assert state.workers == {}
+    assert state.workers.workers == {}
     # its hostname slot is free again
     state.handle(heartbeat(W2))
     assert list(state.snapshot().workers) == [W2]
@@ -644,8 +649,9 @@ def test_offline_worker_purged_from_offline_time() -> None:
     clock.now = T0 + 50
     state.handle(worker_event("offline"))
     clock.now = T0 + 149
-    assert list(state.snapshot().workers) == [W1]
+    assert state.purge() == []
     clock.now = T0 + 150
+    assert state.purge() == [W1]
     assert state.snapshot().workers == {}
 
 
@@ -655,10 +661,12 @@ def test_recovered_worker_is_not_purged_for_an_old_gap() -> None:
     state.handle(heartbeat())
     clock.now = T0 + 10
     assert up(state) is False
+    assert state.purge() == []
     for second in range(11, 500, 2):
         clock.now = T0 + second
         state.handle(heartbeat())
     clock.now += 7
+    assert state.purge() == []
     snap = state.snapshot()
     assert list(snap.workers) == [W1]
     assert snap.workers[W1][0] is False
@@ -675,7 +683,7 @@ def test_max_tracked_tasks_evicts_oldest() -> None:
     snap = state.snapshot()
     assert snap.tracked_tasks == 2
     assert snap.tasks_evicted == 1
-    assert set(state.tasks) == {"b", "c"}
+    assert set(state.tasks.tasks) == {"b", "c"}
     assert busy_reserved(snap, W1) == (0, 2)
 
 
@@ -838,14 +846,44 @@ WRONG_TYPES: list[dict[str, Any]] = [
 ]
 
 
+def unusable_uuid(event: dict[str, Any]) -> bool:
+    """Whether a task event's uuid cannot identify a task (so the event is malformed)."""
+    uuid = event.get("uuid")
+    usable = isinstance(uuid, str) and 0 < len(uuid) <= 200
+    return str(event["type"]).startswith("task-") and not usable
+
+
 @pytest.mark.parametrize("event", WRONG_TYPES)
 def test_wrong_field_types_never_raise(event: dict[str, Any]) -> None:
-    """Events whose fields have the wrong type are applied without raising."""
+    """Wrong-typed fields are applied as absent; only an unusable uuid is malformed; no handler raises."""
     state, _ = make()
     state.handle_batch([event, heartbeat(W2)])
     snap = state.snapshot()
     assert snap.events == dict(Counter([event["type"], "worker-heartbeat"]))
+    assert snap.malformed == ({"schema": 1} if unusable_uuid(event) else {})
+    assert state.errors.counts() == {}
     assert snap.workers[W2][0] is True
+
+
+def test_a_handler_that_raises_is_an_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler's exception is logged at error level with the event type, counted as ours, never as malformed."""
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(TaskHandlers, "_arrive", broken)
+    state, _ = make()
+    with structlog.testing.capture_logs() as logs:
+        state.handle_batch([received("u1"), heartbeat(W2), sent("u2")])
+    snap = state.snapshot()
+    assert state.errors.counts() == {"event_handler": 1}
+    assert snap.malformed == {}
+    assert snap.events == {"task-received": 1, "worker-heartbeat": 1, "task-sent": 1}
+    assert counts(snap, "sent") == {ADD: 1}
+    assert snap.workers[W2][0] is True
+    assert [(e["event"], e["log_level"], e["event_type"]) for e in logs] == [
+        ("event_handler_failed", "error", "task-received")
+    ]
 
 
 def test_garbage_batch_keeps_state_consistent() -> None:
@@ -854,6 +892,8 @@ def test_garbage_batch_keeps_state_consistent() -> None:
     state.handle_batch(WRONG_TYPES)
     snap = state.snapshot()
     assert sum(snap.events.values()) == len(WRONG_TYPES)
+    assert snap.malformed == {"schema": sum(map(unusable_uuid, WRONG_TYPES))} == {"schema": 5}
+    assert state.errors.counts() == {}
     assert all(w.busy >= 0 and w.reserved >= 0 for _, w in snap.workers.values())
     assert counts(snap, "failed") == {("unknown", "celery", "unknown"): 1}
     assert counts(snap, "retried") == {("unknown", "celery", "unknown"): 1}
@@ -902,7 +942,7 @@ def test_finished_table_forgets_the_oldest_beyond_its_size() -> None:
     state, _ = make(max_finished_tasks=2)
     for uuid in ("u1", "u2", "u3"):
         state.handle_batch([received(uuid), started(uuid), succeeded(uuid, 0.1)])
-    assert sorted(state.finished) == ["u2", "u3"]
+    assert sorted(state.tasks.finished) == ["u2", "u3"]
     state.handle_batch([succeeded("u3", 0.1), succeeded("u1", 0.1)])
     snap = state.snapshot()
     assert snap.duplicates == 1
@@ -922,6 +962,7 @@ def test_purged_worker_takes_its_task_series_with_worker_label() -> None:
     clock.now = T0 + 50
     state.handle(heartbeat(W2))
     clock.now = T0 + 101
+    assert state.purge() == [W1]
     snap = state.snapshot()
     assert list(snap.workers) == [W2]
     assert counts(snap, "succeeded") == {}
@@ -987,9 +1028,10 @@ def test_task_sent_after_finish_is_counted_and_not_tracked() -> None:
 
 
 def test_collector_accessors() -> None:
-    """Worker queues steer attribution; sent timestamps and sent queues are readable."""
-    state, _ = make()
-    state.set_worker_queues(W1, ["images"])
+    """The inspect collector's worker queues steer attribution; sent times and queues are readable."""
+    queues = WorkerQueues()
+    state = ClusterState(Settings(), clock=ManualClock(T0), worker_queues=queues)
+    queues.replace({W1: ("images",)})
     state.handle_batch([sent("u1", queue="mail", at=T0 - 2), received("u2", at=T0)])
     assert state.sent_timestamp("u1") == T0 - 2
     assert state.sent_timestamp("u2") is None

@@ -1,0 +1,103 @@
+"""Tasks in flight and tasks recently finished: the two bounded tables behind the gauges."""
+
+from __future__ import annotations
+
+from .series import LabelKey
+
+PENDING, RECEIVED, STARTED = 0, 1, 2
+
+
+class Task:
+    """One task the exporter has seen and not yet seen finish."""
+
+    __slots__ = (
+        "eta",
+        "host",
+        "key",
+        "name",
+        "queue",
+        "received",
+        "sent",
+        "started",
+        "step",
+        "uuid",
+    )
+
+    def __init__(self, uuid: str, name: str, queue: str) -> None:
+        self.uuid = uuid
+        self.name = name
+        self.queue = queue
+        self.host = ""
+        #: The labels it was last counted under (the running gauge's key while it runs).
+        self.key: LabelKey = ()
+        self.step = PENDING
+        self.sent: float | None = None
+        self.received: float | None = None
+        self.started: float | None = None
+        self.eta: float | None = None
+
+
+class TaskTable:
+    """In-flight tasks (oldest evicted past ``limit``) and a ring of recently finished ones."""
+
+    def __init__(self, limit: int, finished_limit: int) -> None:
+        self.limit = limit
+        self.tasks: dict[str, Task] = {}
+        #: Recently finished tasks and the final event types seen for each, to spot repeats.
+        self.finished: dict[str, tuple[set[str], Task]] = {}
+        self._ring: list[str | None] = [None] * finished_limit
+        self._pos = 0
+        self.evicted = 0
+        self.duplicates = 0
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def get(self, uuid: str) -> Task | None:
+        """The in-flight task with this id."""
+        return self.tasks.get(uuid)
+
+    def track(self, uuid: str, name: str, queue: str) -> tuple[Task, Task | None]:
+        """Start tracking a task; return it and the oldest task evicted to make room, if any."""
+        task = Task(uuid, name, queue)
+        tasks = self.tasks
+        tasks[uuid] = task
+        if len(tasks) > self.limit:
+            self.evicted += 1
+            return task, tasks.pop(next(iter(tasks)))
+        return task, None
+
+    def pop(self, uuid: str) -> Task | None:
+        """Stop tracking a task; return it if it was tracked."""
+        return self.tasks.pop(uuid, None)
+
+    def finished_task(self, uuid: str, etype: str) -> tuple[bool, Task | None]:
+        """Look a final event up among finished tasks: (repeat of one counted, the task)."""
+        done = self.finished.get(uuid)
+        if done is None:
+            return False, None
+        if etype in done[0]:
+            self.duplicates += 1
+            return True, None
+        done[0].add(etype)
+        return False, done[1]
+
+    def was_finished(self, uuid: str) -> Task | None:
+        """The finished task with this id, if it is still remembered."""
+        done = self.finished.get(uuid)
+        return done[1] if done is not None else None
+
+    def remember(self, uuid: str, etype: str, task: Task) -> None:
+        """Keep the last ``finished_limit`` finished tasks, the oldest making way first."""
+        ring, pos = self._ring, self._pos
+        oldest = ring[pos]
+        if oldest is not None:
+            self.finished.pop(oldest, None)
+        ring[pos] = uuid
+        self._pos = (pos + 1) % len(ring)
+        self.finished[uuid] = ({etype}, task)
+
+    def sent_timestamp(self, uuid: str) -> float | None:
+        """When the task-sent of a task still waiting or running was sent, if it was seen."""
+        task = self.tasks.get(uuid)
+        return task.sent if task is not None else None
