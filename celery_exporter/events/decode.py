@@ -5,7 +5,7 @@ state's handlers receive :class:`TaskEvent` and :class:`WorkerEvent` values whos
 the types they use. A field of the wrong type is treated as absent (a label becomes
 ``unknown``, a time becomes "now"); only a task event without a usable ``uuid`` cannot be
 applied, and decodes to :data:`INVALID` (counted as ``malformed{reason="schema"}``).
-Labels are cut to :data:`~celery_exporter.state.labels.MAX_VALUE_LENGTH` characters here; how
+Labels are cut to :data:`~celery_exporter.events.fields.MAX_VALUE_LENGTH` characters here; how
 many distinct values each label may take is the state's business.
 
 Task events may carry a ``queue`` field, which Celery's own worker events never do: the
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from ..state.labels import MAX_VALUE_LENGTH, UNKNOWN, clean, exception_name
+from .fields import MAX_VALUE_LENGTH, UNKNOWN, clean, exception_name
 
 #: Longest task id accepted; a task event with a longer or missing one is invalid.
 MAX_UUID_LENGTH = 200

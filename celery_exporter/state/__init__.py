@@ -5,8 +5,8 @@ their life; ``tasks``, ``workers`` and ``series`` are the tables; ``labels`` bou
 values; ``settings`` holds the choices; ``worker_queues`` is what the inspect collector learned.
 """
 
+from ..events.fields import UNKNOWN
 from .cluster import ClusterState, Snapshot
-from .labels import UNKNOWN
 from .series import TASK_COUNTERS, Histogram, LabelKey
 from .settings import DEFAULT_RUNTIME_BUCKETS, DEFAULT_WAIT_BUCKETS, Settings
 from .worker_queues import WorkerQueues

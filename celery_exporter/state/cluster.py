@@ -22,7 +22,6 @@ from ..events.decode import DECODERS, InvalidEvent, WorkerEvent
 from ..internal import InternalErrors
 from ..log import get_logger
 from .handlers import TaskHandlers
-from .labels import UNKNOWN
 from .series import TASK_COUNTERS, Histogram, LabelKey, TaskSeries
 from .settings import Settings
 from .tasks import TaskTable
@@ -222,4 +221,4 @@ class ClusterState:
             }
 
 
-__all__ = ["TASK_COUNTERS", "UNKNOWN", "ClusterState", "Snapshot"]
+__all__ = ["TASK_COUNTERS", "ClusterState", "Snapshot"]

@@ -1,20 +1,13 @@
-"""Label values from untrusted events: bounded in length and in number of distinct values."""
+"""Label values bounded in number: past a label's cap, new values become ``other``."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+from ..events.fields import clean
 
 #: The value every label takes once its cap of distinct values is reached.
 OVERFLOW = "other"
-#: The value of a label the event did not carry.
-UNKNOWN = "unknown"
-#: Longest label value kept; longer values are cut to this many characters.
-MAX_VALUE_LENGTH = 200
-
-_EXCEPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-_REPR_CLASS = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)\(")
-_TRACEBACK_CLASS = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)(?::|$)")
 
 
 class LabelCap:
@@ -43,39 +36,3 @@ class LabelCap:
     def forget(self, value: str) -> None:
         """Free the slot of a value whose series are gone."""
         self.seen.discard(value)
-
-
-def clean(value: Any) -> str:
-    """Turn any event field into a short label value."""
-    text = value if isinstance(value, str) else "" if value is None else str(value)
-    if not text:
-        return UNKNOWN
-    return text[:MAX_VALUE_LENGTH] if len(text) > MAX_VALUE_LENGTH else text
-
-
-def exception_name(exception: Any, traceback: Any) -> str:
-    """Return the exception class name from a task event's ``exception`` and ``traceback``.
-
-    Workers send the exception's repr, e.g. ``ValueError('bad')``; when it is not of that form
-    (``ExceptionWithTraceback()`` for a hard time limit, or a custom ``__repr__`` such as
-    Reject's ``reject requeue=False: ...``) the class is taken from the traceback's last line.
-    """
-    text = exception.strip() if isinstance(exception, str) else ""
-    match = _REPR_CLASS.match(text)
-    name = _last_part(match.group(1)) if match else ""
-    if name in ("", "ExceptionWithTraceback") and isinstance(traceback, str):
-        name = _class_from_traceback(traceback) or name
-    if not name:
-        match = _EXCEPTION_NAME.match(text)
-        name = _last_part(match.group(0)) if match else ""
-    return name or UNKNOWN
-
-
-def _last_part(dotted: str) -> str:
-    return str(dotted).rsplit(".", 1)[-1]
-
-
-def _class_from_traceback(traceback: str) -> str:
-    last = traceback[-2000:].rstrip().rsplit("\n", 1)[-1].strip()
-    match = _TRACEBACK_CLASS.match(last)
-    return _last_part(match.group(1)) if match else ""

@@ -26,8 +26,9 @@ from celery_exporter.events.envelope import (
     decode_envelope,
     encode_envelope,
 )
+from celery_exporter.events.fields import MAX_VALUE_LENGTH
 from celery_exporter.state import ClusterState, Settings
-from celery_exporter.state.labels import MAX_VALUE_LENGTH, OVERFLOW
+from celery_exporter.state.labels import OVERFLOW
 from celery_exporter.web.health import Health
 from tests.support import parse_metrics
 from tests.unit.state.test_cluster import failed, heartbeat, received, started, succeeded

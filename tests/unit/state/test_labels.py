@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from celery_exporter.state.labels import MAX_VALUE_LENGTH, LabelCap, clean, exception_name
+from celery_exporter.events.fields import MAX_VALUE_LENGTH, clean, exception_name
+from celery_exporter.state.labels import LabelCap
 
 HARD_LIMIT_TRACEBACK = (
     "Traceback (most recent call last):\n"
