@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import gc
-import platform
 import signal
 import threading
 import time
-from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
 
 from prometheus_client import CollectorRegistry
@@ -16,15 +13,17 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from . import __version__
 from .broker import Broker, celery_app
 from .broker.measure import backend_for
-from .collectors.events import EventCollector, HealthCollector
+from .collectors.base import Collector, Collectors
+from .collectors.events import EventCollector
+from .collectors.exporter import HealthCollector, build_info
 from .collectors.inspect import InspectCollector
-from .collectors.polling import CollectorHealth, Poller
+from .collectors.polling import Poller
 from .collectors.queues import QueueCollector
 from .config import Config
 from .events.consumer import EventConsumer
+from .internal import InternalErrors
 from .log import get_logger
 from .state import ClusterState
 from .web.health import Health
@@ -37,23 +36,6 @@ log = get_logger(__name__)
 GC_THRESHOLD = 50_000
 #: Longest a clean shutdown waits for the consumer thread.
 SHUTDOWN_SECONDS = 3.0
-
-
-def build_info() -> Mapping[str, str]:
-    """Versions of the exporter, Celery, kombu and Python, for ``celery_exporter_build_info``."""
-
-    def dist(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "unknown"
-
-    return {
-        "version": __version__,
-        "celery_version": dist("celery"),
-        "kombu_version": dist("kombu"),
-        "python_version": platform.python_version(),
-    }
 
 
 def tune_gc() -> None:
@@ -74,13 +56,10 @@ class Daemon:
         self.config = config
         self.stop_event = threading.Event()
         self.health = Health()
+        #: Counts our own bugs; one object for every part (the collectors, the cluster state).
+        self.internal_errors = InternalErrors()
         self.state = ClusterState(config.settings)
         self.registry = registry or CollectorRegistry()
-        self.registry.register(EventCollector(self.state))
-        self.registry.register(HealthCollector(self.health, build_info()))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
         self.broker = Broker(
             config.broker_url, config.broker_transport_options, config.broker_ssl_options
         )
@@ -96,7 +75,15 @@ class Daemon:
             app=self.app,
         )
         web = WebConfigWatcher(config.web_config_file) if config.web_config_file else None
-        self.pollers = self._broker_collectors(config)
+        collectors: list[Collector] = [
+            EventCollector(self.state),
+            HealthCollector(self.health, build_info()),
+        ]
+        self.pollers = self._broker_collectors(config, collectors)
+        self.registry.register(Collectors(collectors, errors=self.internal_errors))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.server = MetricsServer(
             config.host, config.port, self.registry, self.health.view,
             web=web, healthz_open=config.web_healthz_unauthenticated,
@@ -123,14 +110,16 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    def _broker_collectors(self, config: Config) -> list[Poller[object]]:
-        """Register the queue and inspect collectors that are on; return their pollers."""
+    def _broker_collectors(
+        self, config: Config, collectors: list[Collector]
+    ) -> list[Poller[object]]:
+        """Append the queue and inspect collectors that are on; return their pollers."""
         broker = self.broker
         pollers: list[Poller[object]] = []
         inspect = None
         if config.inspect_collector:
             inspect = InspectCollector(broker, self.state, config.inspect_interval, app=self.app)
-            self.registry.register(inspect)
+            collectors.append(inspect)
             pollers.append(inspect.poller)  # type: ignore[arg-type]
         backend = None
         if config.queue_collector:
@@ -147,10 +136,8 @@ class Daemon:
                 config.queue_purge_after,
                 consumers=inspect.consumers if inspect is not None else lambda: None,
             )
-            self.registry.register(queues)
+            collectors.append(queues)
             pollers.append(queues.poller)  # type: ignore[arg-type]
-        if pollers:
-            self.registry.register(CollectorHealth(pollers))
         return pollers
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -4,9 +4,9 @@ Runs in a worker's container, in a container of the worker's pod with
 ``shareProcessNamespace: true``, or on the worker's machine. It finds worker processes by their
 command line (``celery ... worker``; ``--match`` narrows them), names each by its node name (the
 ``-n``/``--hostname`` argument, or Celery's default ``celery@`` and the host name) and serves
-:mod:`celery_exporter.resources`' families on ``/metrics`` (port 9809 by default). Reading
-another user's processes needs the same user or ``CAP_SYS_PTRACE``; what cannot be read is
-counted in ``celery_exporter_process_read_errors_total``.
+:mod:`celery_exporter.collectors.processes`' families on ``/metrics`` (port 9809 by default).
+Reading another user's processes needs the same user or ``CAP_SYS_PTRACE``; what cannot be read
+is counted in ``celery_exporter_process_read_errors_total``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from types import FrameType
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
-from .collectors.processes import ProcessTable, Refresher, ResourceCollector
+from .collectors.base import Collectors
+from .collectors.process_table import ProcessTable, Refresher
+from .collectors.processes import ResourceCollector
 from .config import SidecarConfig
 from .log import get_logger
 from .web.health import Health
@@ -37,7 +39,7 @@ class Sidecar:
         self.table = ProcessTable(match=config.match)
         self.refresher = Refresher(self.table, config.sample_interval)
         self.registry = registry or CollectorRegistry()
-        self.registry.register(ResourceCollector(self.table))
+        self.registry.register(Collectors([ResourceCollector(self.table)]))
         ProcessCollector(registry=self.registry)
         health = Health()
         health.connected()

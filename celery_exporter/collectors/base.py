@@ -11,8 +11,10 @@ node_exporter does, and adds, per collector:
 
 A background collector (one that polls on its own thread, :mod:`.polling`) also has
 ``status()``: its last poll's outcome stands for its success and duration, since its
-``collect()`` only reads what that poll kept. A collector that raises is a bug of ours: it is
-logged with its traceback and counted in ``celery_exporter_internal_errors_total``.
+``collect()`` only reads what that poll kept. A partial collector (:class:`Partial`, the
+resource one) says itself when a read failed. A collector that raises is a bug of ours: it is
+logged with its traceback and counted in ``celery_exporter_internal_errors_total``
+(``where="collector_<name>"``), its success reads 0, and the others render as usual.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.registry import Collector as Registered
 
 from ..internal import InternalErrors
 from ..log import get_logger
@@ -45,36 +48,50 @@ _KINDS: dict[str, Callable[..., Metric]] = {
 
 @dataclass(frozen=True)
 class Family:
-    """One metric family's name, type, help and label names, defined once for both methods."""
+    """One metric family's name, type, help and label names, defined once for both methods.
+
+    The methods that build a family take ``leading``: label names that go before the spec's
+    own, for families whose first labels are configured (the task labels).
+    """
 
     name: str
     kind: str
     help: str
     labels: tuple[str, ...] = ()
 
-    def new(self) -> Metric:
-        """An empty family to add samples to."""
-        return _KINDS[self.kind](self.name, self.help, labels=list(self.labels))
+    def _labels(self, leading: Sequence[str]) -> list[str]:
+        return [*leading, *self.labels]
 
-    def gauge(self) -> GaugeMetricFamily:
+    def new(self, leading: Sequence[str] = ()) -> Metric:
+        """An empty family to add samples to."""
+        return _KINDS[self.kind](self.name, self.help, labels=self._labels(leading))
+
+    def gauge(self, leading: Sequence[str] = ()) -> GaugeMetricFamily:
         """An empty gauge family (typed for callers that add samples)."""
         assert self.kind == "gauge"
-        return GaugeMetricFamily(self.name, self.help, labels=list(self.labels))
+        return GaugeMetricFamily(self.name, self.help, labels=self._labels(leading))
 
-    def counter(self) -> CounterMetricFamily:
+    def counter(self, leading: Sequence[str] = ()) -> CounterMetricFamily:
         """An empty counter family (typed for callers that add samples)."""
         assert self.kind == "counter"
-        return CounterMetricFamily(self.name, self.help, labels=list(self.labels))
+        return CounterMetricFamily(self.name, self.help, labels=self._labels(leading))
 
-    def histogram(self) -> HistogramMetricFamily:
+    def histogram(self, leading: Sequence[str] = ()) -> HistogramMetricFamily:
         """An empty histogram family (typed for callers that add samples)."""
         assert self.kind == "histogram"
-        return HistogramMetricFamily(self.name, self.help, labels=list(self.labels))
+        return HistogramMetricFamily(self.name, self.help, labels=self._labels(leading))
 
-    def info(self) -> InfoMetricFamily:
+    def info(self, leading: Sequence[str] = ()) -> InfoMetricFamily:
         """An empty info family (typed for callers that add samples)."""
         assert self.kind == "info"
-        return InfoMetricFamily(self.name, self.help, labels=list(self.labels))
+        return InfoMetricFamily(self.name, self.help, labels=self._labels(leading))
+
+    def value(self, number: float) -> Metric:
+        """The unlabelled gauge or counter family with its one sample."""
+        assert not self.labels
+        family = self.counter() if self.kind == "counter" else self.gauge()
+        family.add_metric([], number)
+        return family
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,15 @@ class Background(Protocol):
         ...
 
 
+@runtime_checkable
+class Partial(Protocol):
+    """A scrape-time collector that can fail in part: what it read renders, its success is 0."""
+
+    def collect_partial(self) -> tuple[list[Metric], bool]:
+        """The families read now, and whether every read succeeded."""
+        ...
+
+
 def describe(families: Iterable[Family]) -> Iterator[Metric]:
     """Empty families, for a collector's ``describe()``."""
     return (family.new() for family in families)
@@ -142,26 +168,38 @@ def execute(
     errors: InternalErrors | None = None,
     timer: Callable[[], float] = time.perf_counter,
 ) -> tuple[list[Metric], Status | None]:
-    """Run one collector's ``collect()``; return its families and the status to report."""
+    """Run one collector's ``collect()``; return its families and the status to report.
+
+    A collector that raises yields nothing and reads success 0. A :class:`Background`
+    collector's status is its last poll's (None before that poll, unless ``collect()`` raised);
+    a :class:`Partial` one fails when a read failed.
+    """
     started = timer()
     try:
-        families = list(collector.collect())
-        ok = True
+        if isinstance(collector, Partial):
+            families, ok = collector.collect_partial()
+        else:
+            families, ok = list(collector.collect()), True
+        raised = False
     except Exception:
         log.exception("collector_raised", collector=collector.name)
         if errors is not None:
             errors.count(f"collector_{collector.name}")
-        families, ok = [], False
+        families, ok, raised = [], False, True
     took = timer() - started
     if isinstance(collector, Background):
         status = collector.status()
-        if status is not None and not ok:
-            status = Status(False, status.duration, status.last_success)
+        if raised:
+            status = (
+                Status(False, took)
+                if status is None
+                else Status(False, status.duration, status.last_success)
+            )
         return families, status
     return families, Status(ok, took)
 
 
-class Collectors:
+class Collectors(Registered):
     """What the registry holds: every collector, each run through :func:`execute`."""
 
     def __init__(

@@ -3,8 +3,8 @@
 Every ``--inspect-interval`` (default 30 s) the ``inspect`` collector broadcasts ``stats``,
 ``active_queues`` and ``scheduled`` to all workers, each waiting :data:`INSPECT_TIMEOUT` seconds
 for replies (the whole poll may take the interval, or 3 timeouts + 10 s if longer), on its own
-thread (see :mod:`celery_exporter.background`); scrapes only read the
-last answers. It reads these options:
+thread (see :mod:`celery_exporter.collectors.polling`); scrapes only read the last answers.
+It reads these options:
 
 - ``--broker-url``, ``--broker-transport-option``, ``--broker-ssl-option``: how to reach the
   broker, as for the event stream.
@@ -26,12 +26,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ..broker import Broker, celery_app
 from ..state import ClusterState
-from .polling import Poller
+from .base import Family, Status, describe
+from .polling import Poller, status_of
 
 #: Seconds each broadcast waits for replies.
 INSPECT_TIMEOUT = 1.0
@@ -39,6 +40,27 @@ INSPECT_TIMEOUT = 1.0
 KEEP_INTERVALS = 3
 
 Replies = Mapping[str, Any]
+
+_HOST = ("hostname",)
+POOL_SIZE = Family(
+    "celery_worker_pool_size",
+    "gauge",
+    "Processes or threads the worker's pool may run (max-concurrency; autoscale max).",
+    _HOST,
+)
+PREFETCH_COUNT = Family(
+    "celery_worker_prefetch_count",
+    "gauge",
+    "Messages the worker may hold unacknowledged (its prefetch count).",
+    _HOST,
+)
+TASKS_SCHEDULED = Family(
+    "celery_worker_tasks_scheduled",
+    "gauge",
+    "ETA/countdown tasks the worker holds until they are due.",
+    _HOST,
+)
+FAMILIES = (POOL_SIZE, PREFETCH_COUNT, TASKS_SCHEDULED)
 
 
 @dataclass(frozen=True)
@@ -114,6 +136,8 @@ def consumer_counts(reports: Mapping[str, WorkerReport]) -> dict[str, int]:
 class InspectCollector(Collector):
     """``celery_worker_pool_size``, ``_prefetch_count`` and ``_tasks_scheduled`` per worker."""
 
+    name = "inspect"
+
     def __init__(
         self,
         broker: Broker,
@@ -162,24 +186,17 @@ class InspectCollector(Collector):
         data = self.poller.data
         return None if data is None else consumer_counts(data)
 
+    def describe(self) -> Iterator[Metric]:
+        """Yield the pool families without samples."""
+        return describe(FAMILIES)
+
+    def status(self) -> Status | None:
+        """The last poll's outcome."""
+        return status_of(self.poller)
+
     def collect(self) -> Iterator[Metric]:
         """Yield the pool families from the last successful poll."""
-        host = ["hostname"]
-        size = GaugeMetricFamily(
-            "celery_worker_pool_size",
-            "Processes or threads the worker's pool may run (max-concurrency; autoscale max).",
-            labels=host,
-        )
-        prefetch = GaugeMetricFamily(
-            "celery_worker_prefetch_count",
-            "Messages the worker may hold unacknowledged (its prefetch count).",
-            labels=host,
-        )
-        scheduled = GaugeMetricFamily(
-            "celery_worker_tasks_scheduled",
-            "ETA/countdown tasks the worker holds until they are due.",
-            labels=host,
-        )
+        size, prefetch, scheduled = (spec.gauge() for spec in FAMILIES)
         for name, report in sorted((self.poller.data or {}).items()):
             if report.pool_size is not None:
                 size.add_metric([name], report.pool_size)

@@ -4,27 +4,23 @@ A :class:`Poller` calls a collector's ``poll()`` every ``interval`` seconds on a
 own and keeps what it returned; scrapes only read that. A poll that raises, or that has not
 returned after ``timeout`` seconds, counts as a failure: the previous data is dropped (stale
 queue depths must not drive an autoscaler) and a poll still stuck is not started again until it
-returns. :class:`CollectorHealth` renders, per poller, node_exporter style:
-
-- ``celery_exporter_collector_success{collector}``: 1 when the last poll succeeded, else 0.
-- ``celery_exporter_collector_duration_seconds{collector}``: how long the last poll took.
-- ``celery_exporter_collector_last_success_timestamp_seconds{collector}``: when a poll last
-  succeeded (absent until one has).
+returns. A collector that polls is a :class:`~.base.Background` one: its ``status()`` is
+:func:`status_of` its poller, which :class:`~.base.Collectors` renders as
+``celery_exporter_collector_success``, ``_duration_seconds`` and
+``_last_success_timestamp_seconds``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from ..log import get_logger
 from ..redact import mask_url
+from .base import Status
 
 log = get_logger(__name__)
 
@@ -146,36 +142,9 @@ class Poller(Generic[T]):
             self._thread.join(timeout)
 
 
-class CollectorHealth(Collector):
-    """The ``celery_exporter_collector_*`` self-metrics of every background poller."""
-
-    def __init__(self, pollers: Iterable[Poller[object]]) -> None:
-        self.pollers = list(pollers)
-
-    def collect(self) -> Iterator[Metric]:
-        """Yield success, duration and last success time, labelled by collector."""
-        labels = ["collector"]
-        success = GaugeMetricFamily(
-            "celery_exporter_collector_success",
-            "1 when the background collector's last poll succeeded, else 0.",
-            labels=labels,
-        )
-        duration = GaugeMetricFamily(
-            "celery_exporter_collector_duration_seconds",
-            "How long the background collector's last poll took.",
-            labels=labels,
-        )
-        last = GaugeMetricFamily(
-            "celery_exporter_collector_last_success_timestamp_seconds",
-            "When the background collector's last successful poll ended.",
-            labels=labels,
-        )
-        for poller in self.pollers:
-            status = poller.status
-            if status is None:
-                continue
-            success.add_metric([poller.name], 1 if status.success else 0)
-            duration.add_metric([poller.name], status.duration)
-            if status.last_success is not None:
-                last.add_metric([poller.name], status.last_success)
-        yield from (success, duration, last)
+def status_of(poller: Poller[T]) -> Status | None:
+    """The poller's last outcome as a collector status; None before its first poll ended."""
+    polled = poller.status
+    if polled is None:
+        return None
+    return Status(polled.success, polled.duration, polled.last_success)

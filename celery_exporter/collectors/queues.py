@@ -24,15 +24,35 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ..broker.measure import Backend, Measurement
 from ..state import ClusterState
-from .polling import Poller
+from .base import Family, Status, describe
+from .polling import Poller, status_of
 
 #: Shortest time a whole poll may take before it counts as failed (else the interval).
 POLL_TIMEOUT = 15.0
+
+_QUEUE = ("queue_name",)
+LENGTH = Family(
+    "celery_queue_length", "gauge", "Messages ready in the queue (all priorities).", _QUEUE
+)
+UNACKED = Family(
+    "celery_queue_unacked",
+    "gauge",
+    "Messages delivered to workers and not yet acknowledged.",
+    _QUEUE,
+)
+CONSUMERS = Family("celery_queue_consumers", "gauge", "Workers consuming the queue.", _QUEUE)
+OLDEST_SENT = Family(
+    "celery_queue_oldest_message_sent_timestamp_seconds",
+    "gauge",
+    "When the oldest message waiting in the queue was sent (needs task-sent events).",
+    _QUEUE,
+)
+FAMILIES = (LENGTH, UNACKED, CONSUMERS, OLDEST_SENT)
 
 
 class QueueSet:
@@ -73,6 +93,8 @@ class QueueSet:
 class QueueCollector(Collector):
     """``celery_queue_length``, ``_unacked``, ``_consumers`` and the oldest message's send time."""
 
+    name = "queues"
+
     def __init__(
         self,
         backend: Backend,
@@ -109,26 +131,25 @@ class QueueCollector(Collector):
             oldest_sent={q: t for q, t in measured.oldest_sent.items() if q in keep},
         )
 
+    def describe(self) -> Iterator[Metric]:
+        """Yield the queue families without samples."""
+        return describe(FAMILIES)
+
+    def status(self) -> Status | None:
+        """The last poll's outcome."""
+        return status_of(self.poller)
+
     def collect(self) -> Iterator[Metric]:
         """Yield the queue families from the last successful poll."""
         data = self.poller.data or Measurement()
-        label = ["queue_name"]
-        families = (
-            ("celery_queue_length", "Messages ready in the queue (all priorities).", data.length),
-            (
-                "celery_queue_unacked",
-                "Messages delivered to workers and not yet acknowledged.",
-                data.unacked or {},
-            ),
-            ("celery_queue_consumers", "Workers consuming the queue.", data.consumers or {}),
-            (
-                "celery_queue_oldest_message_sent_timestamp_seconds",
-                "When the oldest message waiting in the queue was sent (needs task-sent events).",
-                data.oldest_sent,
-            ),
+        values: tuple[Mapping[str, float], ...] = (
+            data.length,
+            data.unacked or {},
+            data.consumers or {},
+            data.oldest_sent,
         )
-        for name, doc, values in families:
-            family = GaugeMetricFamily(name, doc, labels=label)
-            for queue, number in sorted(values.items()):
+        for spec, by_queue in zip(FAMILIES, values, strict=True):
+            family = spec.gauge()
+            for queue, number in sorted(by_queue.items()):
                 family.add_metric([queue], number)
             yield family

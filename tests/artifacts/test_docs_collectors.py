@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_exporter.broker import Broker
-from celery_exporter.broker.measure import Measurement
+from celery_exporter.broker.measure import Measurement, SentLookup
+from celery_exporter.collectors.base import Collectors
 from celery_exporter.collectors.inspect import InspectCollector
-from celery_exporter.collectors.polling import CollectorHealth
 from celery_exporter.collectors.queues import QueueCollector
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -21,7 +21,7 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 class OneQueue:
     """A backend reporting every figure for each queue asked for."""
 
-    def measure(self, queues: Sequence[str]) -> Measurement:
+    def measure(self, queues: Sequence[str], sent: SentLookup | None = None) -> Measurement:
         return Measurement(
             length={q: 1 for q in queues},
             unacked={q: 1 for q in queues},
@@ -31,16 +31,14 @@ class OneQueue:
 
 
 def rendered_families() -> list[str]:
-    """Names of the families the two collectors and their self-metrics render."""
+    """Names of the families the two collectors render, with the collectors' self-metrics."""
     inspect = InspectCollector(
         Broker("redis://127.0.0.1:1/0"), None, 30, broadcast=lambda: ({}, {}, {})
     )
     queues = QueueCollector(OneQueue(), None, ["q"], 10, 60)
-    inspect.poller.run_once()
-    queues.poller.run_once()
+    assert inspect.poller.run_once() and queues.poller.run_once()
     registry = CollectorRegistry()
-    for collector in (inspect, queues, CollectorHealth([inspect.poller, queues.poller])):  # type: ignore[list-item]
-        registry.register(collector)
+    registry.register(Collectors([inspect, queues]))
     text = generate_latest(registry).decode()
     return sorted(f.name for f in text_string_to_metric_families(text))
 

@@ -21,8 +21,9 @@ from celery_exporter.broker.redis_queues import (
     priority_keys,
     routing_key,
 )
+from celery_exporter.collectors.base import Collectors, Status
 from celery_exporter.collectors.inspect import InspectCollector, WorkerReport, merge, reports_from
-from celery_exporter.collectors.polling import CollectorHealth, Poller
+from celery_exporter.collectors.polling import Poller, status_of
 from celery_exporter.collectors.queues import QueueCollector
 from tests.support import parse_metrics
 
@@ -65,22 +66,13 @@ def samples_of(*collectors: Any) -> dict[tuple[str, frozenset[tuple[str, str]]],
 
 
 def test_poller_keeps_last_result_and_reports_success() -> None:
-    """A successful poll's data is kept, with success 1, its duration and the success time."""
+    """A successful poll's data is kept; its status is success, its duration and the time."""
     clock, ticks = Clock(500.0), iter([10.0, 10.25])
     poller: Poller[int] = Poller("x", lambda: 42, 5, clock=clock, monotonic=lambda: next(ticks))
+    assert status_of(poller) is None
     assert poller.run_once() is True
     assert poller.data == 42
-    samples = samples_of(CollectorHealth([poller]))  # type: ignore[list-item]
-    assert samples[("celery_exporter_collector_success", frozenset({("collector", "x")}))] == 1
-    assert (
-        samples[("celery_exporter_collector_duration_seconds", frozenset({("collector", "x")}))]
-        == 0.25
-    )
-    key = (
-        "celery_exporter_collector_last_success_timestamp_seconds",
-        frozenset({("collector", "x")}),
-    )
-    assert samples[key] == 500.0
+    assert status_of(poller) == Status(True, 0.25, 500.0)
 
 
 def test_poller_failure_drops_data_and_keeps_last_success_time() -> None:
@@ -127,11 +119,33 @@ def test_poller_timeout_counts_as_failure_and_is_not_restarted() -> None:
     release.set()
 
 
-def test_collector_health_omits_pollers_that_never_ran() -> None:
-    """Before its first poll a collector has no self-metric samples."""
-    poller: Poller[int] = Poller("x", lambda: 1, 5)
-    samples = samples_of(CollectorHealth([poller]))  # type: ignore[list-item]
-    assert samples == {}
+def test_background_collectors_without_a_poll_have_no_self_metric_samples() -> None:
+    """Before their first poll the queue and inspect collectors render no samples at all."""
+    queues = QueueCollector(FakeBackend(), None, ["cfg"], 10, 100)
+    inspect = InspectCollector(
+        Broker("redis://127.0.0.1:1/0"), None, 30, broadcast=lambda: ({}, {}, {})
+    )
+    assert samples_of(Collectors([queues, inspect])) == {}
+
+
+def test_failed_poll_renders_success_zero_and_keeps_last_success_time() -> None:
+    """After a failed poll the queues collector reads success 0 and its last success time."""
+    clock = Clock(500.0)
+    backend = FakeBackend()
+    collector = QueueCollector(backend, None, ["cfg"], 10, 100, consumers=lambda: {}, clock=clock)
+    assert collector.poller.run_once() is True
+
+    def broken(queues: Sequence[str], sent: SentLookup | None = None) -> Measurement:
+        raise ConnectionError("down")
+
+    backend.measure = broken  # type: ignore[method-assign]
+    clock.now = 600.0
+    assert collector.poller.run_once() is False
+    samples = samples_of(Collectors([collector]))
+    label = frozenset({("collector", "queues")})
+    assert samples[("celery_exporter_collector_success", label)] == 0
+    assert samples[("celery_exporter_collector_last_success_timestamp_seconds", label)] == 500.0
+    assert ("celery_queue_length", frozenset({("queue_name", "cfg")})) not in samples
 
 
 # -- queues ----------------------------------------------------------------------------------
@@ -212,11 +226,11 @@ def test_queue_collector_renders_last_measurement() -> None:
     assert samples[("celery_queue_unacked", label)] == 0
     assert samples[("celery_queue_consumers", label)] == 0
 
-    def broken(queues: Sequence[str]) -> Measurement:
+    def broken(queues: Sequence[str], sent: SentLookup | None = None) -> Measurement:
         raise ConnectionError("down")
 
     backend.measure = broken  # type: ignore[method-assign]
-    collector.poller.run_once()
+    assert collector.poller.run_once() is False
     assert samples_of(collector) == {}
 
 

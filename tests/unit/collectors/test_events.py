@@ -11,7 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from celery_exporter.collectors.events import EventCollector, HealthCollector
+from celery_exporter.collectors.base import Collectors
+from celery_exporter.collectors.events import EventCollector
+from celery_exporter.collectors.exporter import HealthCollector
+from celery_exporter.internal import InternalErrors
 from celery_exporter.state import ClusterState, Settings
 from celery_exporter.web import exposition
 from celery_exporter.web.health import Health
@@ -173,8 +176,12 @@ def replay() -> tuple[CollectorRegistry, ClusterState, ManualClock]:
     )
     clock.now = T0 + 60
     registry = CollectorRegistry()
-    registry.register(EventCollector(state))
-    registry.register(HealthCollector(health, build=BUILD))
+    collectors = Collectors(
+        [EventCollector(state), HealthCollector(health, build=BUILD)],
+        errors=InternalErrors(),
+        timer=lambda: 0.0,
+    )
+    registry.register(collectors)
     return registry, state, clock
 
 

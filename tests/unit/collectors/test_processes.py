@@ -16,12 +16,9 @@ import psutil
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from celery_exporter.collectors.processes import (
-    ProcessTable,
-    ResourceCollector,
-    is_worker_command,
-    node_name,
-)
+from celery_exporter.collectors.base import Collectors
+from celery_exporter.collectors.process_table import ProcessTable, is_worker_command, node_name
+from celery_exporter.collectors.processes import ResourceCollector
 from tests.support import parse_metrics, value, wait_for
 
 HOST = "box.example.com"
@@ -114,7 +111,7 @@ def test_pool_replacement_counted_and_cpu_kept(forker: subprocess.Popen[str]) ->
     """A killed pool process counts as a restart; its CPU stays in the pool's counter."""
     table = ProcessTable(main_pid=forker.pid, hostname="w@h")
     registry = CollectorRegistry()
-    registry.register(ResourceCollector(table))
+    registry.register(Collectors([ResourceCollector(table)]))
     table.refresh()
     labels = {"hostname": "w@h"}
     pool = {"hostname": "w@h", "role": "pool"}
@@ -284,3 +281,20 @@ def test_match_picks_the_main_processes_it_names(
         w.hostname: (pid, len(w.pool)) for pid, w in table.workers.items() if str(tag) in w.hostname
     }
     assert mine == {f"wanted-{tag}@h": (wanted.pid, 1)}
+
+
+def test_unreadable_worker_reads_success_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that cannot be read: its error is counted and the collector's success is 0."""
+    table = ProcessTable(main_pid=os.getpid(), hostname="w@h")
+    table.refresh()
+
+    def denied(worker: object) -> None:
+        raise psutil.AccessDenied(os.getpid())
+
+    monkeypatch.setattr("celery_exporter.collectors.processes.read_worker", denied)
+    registry = CollectorRegistry()
+    registry.register(Collectors([ResourceCollector(table)]))
+    got = scrape(registry)
+    assert value(got, "celery_exporter_collector_success", collector="resources") == 0
+    assert value(got, "celery_exporter_process_read_errors_total", reason="access_denied") == 1
+    assert value(got, "celery_exporter_workers_found") == 1
