@@ -25,7 +25,7 @@ from .config import Config
 from .events.consumer import EventConsumer
 from .internal import InternalErrors
 from .log import get_logger
-from .state import ClusterState
+from .state import ClusterState, WorkerQueues
 from .web.health import Health
 from .web.server import MetricsServer
 from .web.webconfig import WebConfigWatcher
@@ -34,6 +34,8 @@ log = get_logger(__name__)
 
 #: Container allocations between two collections of the youngest generation (default 700).
 GC_THRESHOLD = 50_000
+#: Seconds between two looks for workers down longer than --worker-purge-after.
+PURGE_INTERVAL = 10.0
 #: Longest a clean shutdown waits for the consumer thread.
 SHUTDOWN_SECONDS = 3.0
 
@@ -49,6 +51,31 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 100)
 
 
+class Purger:
+    """Removes workers down for longer than allowed, every ``interval`` seconds, on a thread."""
+
+    def __init__(self, state: ClusterState, interval: float) -> None:
+        self.state = state
+        self.interval = interval
+        self._thread: threading.Thread | None = None
+
+    def start(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set."""
+        self._thread = threading.Thread(target=self._run, args=(stop,), name="purge", daemon=True)
+        self._thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            try:
+                gone = self.state.purge()
+            except Exception:  # a bug of ours: counted, and the next round tries again
+                self.state.errors.count("purge")
+                log.exception("purge_failed")
+                continue
+            if gone:
+                log.info("workers_purged", hostnames=gone)
+
+
 class Daemon:
     """Owns the parts of a running exporter and their lifecycle."""
 
@@ -58,7 +85,12 @@ class Daemon:
         self.health = Health()
         #: Counts our own bugs; one object for every part (the collectors, the cluster state).
         self.internal_errors = InternalErrors()
-        self.state = ClusterState(config.settings)
+        #: What the inspect collector learns about each worker's queues, read by the state.
+        self.worker_queues = WorkerQueues()
+        self.state = ClusterState(
+            config.settings, worker_queues=self.worker_queues, errors=self.internal_errors
+        )
+        self.purger = Purger(self.state, PURGE_INTERVAL)
         self.registry = registry or CollectorRegistry()
         self.broker = Broker(
             config.broker_url, config.broker_transport_options, config.broker_ssl_options
@@ -97,6 +129,7 @@ class Daemon:
         self.server.start()
         log.info("listening", host=self.config.host, port=self.server.port)
         self.consumer.start(self.stop_event)
+        self.purger.start(self.stop_event)
         for poller in self.pollers:
             poller.start(self.stop_event)
         while not self.stop_event.wait(1.0):
@@ -118,7 +151,9 @@ class Daemon:
         pollers: list[Poller[object]] = []
         inspect = None
         if config.inspect_collector:
-            inspect = InspectCollector(broker, self.state, config.inspect_interval, app=self.app)
+            inspect = InspectCollector(
+                broker, self.worker_queues, config.inspect_interval, app=self.app
+            )
             collectors.append(inspect)
             pollers.append(inspect.poller)  # type: ignore[arg-type]
         backend = None

@@ -15,7 +15,7 @@ It reads these options:
 From the replies it renders ``celery_worker_pool_size`` (the pool's ``max-concurrency``, or the
 autoscaler's ``max``), ``celery_worker_prefetch_count`` and ``celery_worker_tasks_scheduled``
 (ETA/countdown tasks the worker holds). ``active_queues`` feeds
-:meth:`~celery_exporter.state.ClusterState.set_worker_queues` and the per-queue consumer count
+:class:`~celery_exporter.state.WorkerQueues` (read by the cluster state) and the per-queue consumer count
 on Redis (:meth:`InspectCollector.consumers`).
 """
 
@@ -30,7 +30,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ..broker import Broker, celery_app
-from ..state import ClusterState
+from ..state import WorkerQueues
 from .base import Family, Status, describe
 from .polling import Poller, status_of
 
@@ -141,7 +141,7 @@ class InspectCollector(Collector):
     def __init__(
         self,
         broker: Broker,
-        state: ClusterState | None,
+        worker_queues: WorkerQueues | None,
         interval: float,
         timeout: float = INSPECT_TIMEOUT,
         clock: Callable[[], float] = time.time,
@@ -149,7 +149,7 @@ class InspectCollector(Collector):
         app: Any = None,
     ) -> None:
         self.broker = broker
-        self.state = state
+        self.worker_queues = worker_queues
         self.timeout = timeout
         self.clock = clock
         self.keep_for = KEEP_INTERVALS * interval
@@ -170,15 +170,15 @@ class InspectCollector(Collector):
             return inspect.stats() or {}, inspect.active_queues() or {}, inspect.scheduled() or {}
 
     def poll(self) -> dict[str, WorkerReport]:
-        """Broadcast and return the merged reports; record each worker's queues in the state."""
+        """Broadcast and return the merged reports; hand each worker's queues on."""
         stats, active_queues, scheduled = self.broadcast()
         now = self.clock()
         fresh = reports_from(stats, active_queues, scheduled, now)
         self._reports = merge(self._reports, fresh, now, self.keep_for)
-        if self.state is not None:
-            for host, report in fresh.items():
-                if report.queues is not None:
-                    self.state.set_worker_queues(host, report.queues)
+        if self.worker_queues is not None:
+            self.worker_queues.replace(
+                {h: r.queues for h, r in self._reports.items() if r.queues is not None}
+            )
         return dict(self._reports)
 
     def consumers(self) -> dict[str, int] | None:

@@ -25,6 +25,7 @@ from celery_exporter.collectors.base import Collectors, Status
 from celery_exporter.collectors.inspect import InspectCollector, WorkerReport, merge, reports_from
 from celery_exporter.collectors.polling import Poller, status_of
 from celery_exporter.collectors.queues import QueueCollector
+from celery_exporter.state import WorkerQueues
 from tests.support import parse_metrics
 
 SEP = "\x06\x16"
@@ -292,28 +293,19 @@ def test_merge_keeps_silent_workers_for_a_while() -> None:
     assert merge(old, {}, 90.0, 90.0) == {}
 
 
-class FakeState:
-    """Records set_worker_queues calls."""
-
-    def __init__(self) -> None:
-        self.queues: dict[str, tuple[str, ...]] = {}
-
-    def set_worker_queues(self, host: str, queues: Sequence[str]) -> None:
-        self.queues[host] = tuple(queues)
-
-
-def test_inspect_collector_renders_pools_and_feeds_state() -> None:
-    """Pool families per worker; active_queues go to the state and to the consumer counts."""
-    state = FakeState()
+def test_inspect_collector_renders_pools_and_learns_worker_queues() -> None:
+    """Pool families per worker; active_queues go to WorkerQueues and to the consumer counts."""
+    queues = WorkerQueues()
     collector = InspectCollector(
         Broker("redis://127.0.0.1:1/0"),
-        state,  # type: ignore[arg-type]
+        queues,
         30,
         broadcast=lambda: (STATS, ACTIVE_QUEUES, SCHEDULED),
     )
     assert collector.consumers() is None
     collector.poller.run_once()
-    assert state.queues == {"celery@a": ("celery", "hi"), "celery@b": ("hi",)}
+    assert (queues.of("celery@a"), queues.of("celery@b")) == (("celery", "hi"), ("hi",))
+    assert queues.of("celery@c") is None
     assert collector.consumers() == {"celery": 1, "hi": 2}
     samples = samples_of(collector)
 
