@@ -112,8 +112,10 @@ def test_cert_none_turns_hostname_checking_off(check: Any) -> None:
     assert (options.cert_reqs, options.check_hostname) == (ssl.CERT_NONE, False)
 
 
-@pytest.mark.parametrize(("value", "expected"), [(False, False), ("false", False), ("off", False),
-                                                 (0, False), ("1", True), (True, True)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(False, False), ("false", False), ("off", False), (0, False), ("1", True), (True, True)],
+)
 def test_check_hostname_setting(value: Any, expected: bool) -> None:
     """ssl_check_hostname=false keeps verifying the certificate but not the name in it."""
     options = TlsOptions.from_options({"ssl_check_hostname": value})
