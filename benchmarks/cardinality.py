@@ -25,8 +25,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from celery_exporter.collectors.events import EventCollector
-from celery_exporter.events.envelope import decode_envelope, encode_envelope
+from celery_exporter.events.envelope import decode_envelope
 from celery_exporter.state import ClusterState, Settings
+from tests.support.events import encode_envelope
 
 
 def rss_mib() -> float:

@@ -43,8 +43,12 @@ from typing import IO, Any
 import psutil
 import redis
 
-from celery_exporter.events.envelope import encode_envelope
-from tests.support import RedisServer, fetch, free_port, scrape, total, value, wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
+
+from tests.support.events import encode_envelope
+from tests.support.launchers import RedisServer, free_port
+from tests.support.scrape import fetch, scrape, total, value
+from tests.support.waiting import wait_for
 
 HOST = "127.0.0.1"
 DEFAULT_CMD = (

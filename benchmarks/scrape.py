@@ -22,11 +22,15 @@ import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 
 from celery_exporter import config, log
 from celery_exporter.daemon import Daemon
-from tests.support import free_port, wait_for
+from tests.support.launchers import free_port
+from tests.support.waiting import wait_for
 
 #: The scraping client, run in a process of its own: prints the body size, then each time.
 CLIENT = """

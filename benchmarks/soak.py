@@ -53,7 +53,10 @@ from ingest import (
     start_exporter,
 )
 
-from tests.support import RedisServer, fetch, free_port, parse_metrics, total, value
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
+
+from tests.support.launchers import RedisServer, free_port
+from tests.support.scrape import fetch, parse_metrics, total, value
 
 #: Families a sample reads; other lines of the page are only counted.
 SAMPLED = ("celery_exporter_", "celery_worker_up", "celery_task_received_total")

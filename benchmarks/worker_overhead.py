@@ -49,13 +49,11 @@ from typing import Any
 import psutil
 from celery import Celery, signals
 
-from tests.support import (
-    RedisServer,
-    SignalWorker,
-    free_port,
-    send_task_run,
-    wait_for,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
+
+from tests.support.launchers import RedisServer, free_port
+from tests.support.signals import SignalWorker, send_task_run
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT_ENV = "CELERY_EXPORTER_TEST_WORKER_PORT"
@@ -76,7 +74,7 @@ def succeeded(exporter: Any) -> float:
     """``celery_task_succeeded_total`` of the benchmark's task, as the exporter holds it."""
     from prometheus_client import generate_latest
 
-    from tests.support import parse_metrics, value
+    from tests.support.scrape import parse_metrics, value
 
     text = generate_latest(exporter.registry).decode()
     labels = {"name": "bench.task", "hostname": HOST, "queue_name": "celery"}
@@ -150,7 +148,7 @@ def start_worker(
     if port is not None:
         env[PORT_ENV] = str(port)
     args = [
-        sys.executable, "-m", "celery", "-A", "tests.integration.taskapp", "worker",
+        sys.executable, "-m", "celery", "-A", "tests.support.taskapp", "worker",
         "-c", "2", "-n", f"{name}@bench", "-l", "warning", "--without-mingle", "--without-gossip",
     ]  # fmt: skip
     with (logdir / f"{name}.log").open("ab") as log:

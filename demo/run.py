@@ -27,7 +27,11 @@ from typing import IO, Any
 import tasks
 from redis import Redis, RedisError
 
-from tests.support import RedisServer, Sample, free_port, scrape, total, value, wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
+
+from tests.support.launchers import RedisServer, free_port
+from tests.support.scrape import Sample, scrape, total, value
+from tests.support.waiting import wait_for
 
 HOST = "127.0.0.1"
 DEMO_DIR = Path(__file__).resolve().parent

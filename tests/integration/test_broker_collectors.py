@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tests.integration import taskapp
-from tests.integration.brokers import FAST, wait_samples
-from tests.integration.conftest import Client, ExporterProcess, WorkerProcess, sample
-from tests.support import RedisServer
+from tests.support import taskapp
+from tests.support.brokers import FAST, wait_samples
+from tests.support.client import Client
+from tests.support.launchers import RedisServer
+from tests.support.processes import ExporterProcess, WorkerProcess
+from tests.support.scrape import sample
+from tests.support.stack import connected_client, running_exporter
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +31,16 @@ def redis() -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def queue_exporter(redis: RedisServer, logdir: Path) -> Iterator[ExporterProcess]:
     """The exporter with fast collectors and two configured queues."""
-    proc = ExporterProcess(redis.url(), logdir, [*FAST, "--queues", "cfg_q,prio_q"]).start()
-    try:
+    args = [*FAST, "--queues", "cfg_q,prio_q"]
+    with running_exporter(redis.url(), logdir, args, ready=False) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
 def sender(redis: RedisServer) -> Iterator[Client]:
     """Sends tasks, with task-sent events, to the module's Redis."""
-    client = Client(redis.url())
-    yield client
-    client.close()
+    with connected_client(redis.url()) as client:
+        yield client
 
 
 def test_configured_queue_reads_zero_before_any_worker(queue_exporter: ExporterProcess) -> None:

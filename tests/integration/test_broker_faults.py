@@ -20,8 +20,11 @@ import redis
 from celery import Celery
 
 from celery_exporter.events import redis_pubsub as redis_stream
-from tests.integration.conftest import START_TIMEOUT, ExporterProcess, sample, wait_metrics
-from tests.support import RabbitMQServer, RedisServer, free_port, value, wait_for
+from tests.support.expect import wait_metrics
+from tests.support.launchers import RabbitMQServer, RedisServer, free_port
+from tests.support.processes import START_TIMEOUT, ExporterProcess
+from tests.support.scrape import sample, value
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

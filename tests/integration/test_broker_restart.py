@@ -10,20 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import taskapp
-from tests.integration.conftest import (
+from tests.support import taskapp
+from tests.support.client import Client
+from tests.support.expect import wait_heartbeat_after, wait_metrics, wait_worker_up
+from tests.support.launchers import RedisServer
+from tests.support.processes import (
     EVENT_TIMEOUT,
     START_TIMEOUT,
-    Client,
     ExporterProcess,
     WorkerProcess,
     now,
-    sample,
-    wait_heartbeat_after,
-    wait_metrics,
-    wait_worker_up,
 )
-from tests.support import RedisServer, Sample, value, wait_for
+from tests.support.scrape import Sample, sample, value
+from tests.support.stack import connected_client, running_exporter, running_worker
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,8 @@ def broker() -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def own_exporter(broker: RedisServer, logdir: Path) -> Iterator[ExporterProcess]:
     """An exporter following :func:`broker`."""
-    proc = ExporterProcess(broker.url(), logdir).start()
-    try:
-        proc.wait_ready()
+    with running_exporter(broker.url(), logdir) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +52,15 @@ def own_worker(
     broker: RedisServer, own_exporter: ExporterProcess, logdir: Path
 ) -> Iterator[WorkerProcess]:
     """A worker on :func:`broker`."""
-    proc = WorkerProcess(broker.url(), "restart", logdir).start()
-    try:
-        wait_worker_up(own_exporter, proc)
+    with running_worker(WorkerProcess(broker.url(), "restart", logdir), own_exporter) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
 def own_client(broker: RedisServer) -> Iterator[Client]:
     """Sends tasks to :func:`broker`."""
-    c = Client(broker.url())
-    yield c
-    c.close()
+    with connected_client(broker.url()) as c:
+        yield c
 
 
 def run_tasks(

@@ -13,18 +13,11 @@ import time
 
 import pytest
 
-from tests.integration import taskapp
-from tests.integration.conftest import (
-    Client,
-    ExporterProcess,
-    WorkerProcess,
-    get,
-    now,
-    sample,
-    wait_heartbeat_after,
-    wait_metrics,
-)
-from tests.support import value
+from tests.support import taskapp
+from tests.support.client import Client
+from tests.support.expect import wait_heartbeat_after, wait_metrics
+from tests.support.processes import ExporterProcess, WorkerProcess, now
+from tests.support.scrape import sample, value
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +45,11 @@ def test_task_sent_after_start_gives_queue_wait(
         },
         before,
     )
-    assert get(after, "celery_tasks_active", name=SLEEP, queue_name=Q) == 0
+    assert value(after, "celery_tasks_active", name=SLEEP, queue_name=Q) == 0
     count = "celery_task_queue_wait_seconds_count"
     assert (
-        get(after, count, name=SLEEP, queue_name=Q) - get(before, count, name=SLEEP, queue_name=Q)
+        value(after, count, name=SLEEP, queue_name=Q)
+        - value(before, count, name=SLEEP, queue_name=Q)
         == 1
     )
 

@@ -13,8 +13,10 @@ from urllib.parse import urljoin
 
 import pytest
 
-from tests.integration.conftest import START_TIMEOUT, ExporterProcess
-from tests.support import RedisServer, free_port, parse_metrics, value, wait_for
+from tests.support.launchers import RedisServer, free_port
+from tests.support.processes import START_TIMEOUT, ExporterProcess
+from tests.support.scrape import parse_metrics, value
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -16,17 +16,13 @@ import pytest
 import redis
 
 from celery_exporter.events import redis_pubsub as redis_stream
-from tests.integration import taskapp
-from tests.integration.conftest import (
-    Client,
-    ExporterProcess,
-    WorkerProcess,
-    now,
-    sample,
-    wait_heartbeat_after,
-    wait_metrics,
-)
-from tests.support import RedisServer, value, wait_for
+from tests.support import taskapp
+from tests.support.client import Client
+from tests.support.expect import wait_heartbeat_after, wait_metrics
+from tests.support.launchers import RedisServer
+from tests.support.processes import ExporterProcess, WorkerProcess, now
+from tests.support.scrape import sample, value
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -24,30 +22,30 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
-from tests.integration import taskapp
-from tests.integration.conftest import (
+from tests.support import taskapp
+from tests.support.client import Client
+from tests.support.expect import wait_metrics, wait_worker_up
+from tests.support.launchers import RedisServer, free_port
+from tests.support.processes import (
     EVENT_TIMEOUT,
     ROOT,
     START_TIMEOUT,
-    Client,
     ExporterProcess,
     WorkerProcess,
-    sample,
-    wait_metrics,
-    wait_worker_up,
 )
-from tests.integration.prometheus_stack import (
+from tests.support.prometheus import (
     ALERTMANAGER_MISSING,
     PROMETHEUS_MISSING,
     AlertmanagerServer,
-    Delivery,
     PrometheusServer,
-    WebhookReceiver,
     alertmanager_binary,
-    firing_alerts,
     prometheus_binary,
 )
-from tests.integration.test_workload import (
+from tests.support.scrape import Sample, fetch, sample, value
+from tests.support.stack import connected_client, running_exporter
+from tests.support.waiting import wait_for
+from tests.support.webhook import Delivery, WebhookReceiver, firing_alerts
+from tests.support.workload import (
     COUNTERS,
     FAILED,
     HARD,
@@ -58,7 +56,6 @@ from tests.integration.test_workload import (
     WORKLOAD,
     send_workload,
 )
-from tests.support import RedisServer, Sample, fetch, free_port, value, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -159,17 +156,7 @@ class Stack(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def e2e_logdir() -> Iterator[Path]:
-    """A directory for the worker's and the daemon's output."""
-    path = Path(tempfile.mkdtemp(prefix="celery-exporter-e2e-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def stack(e2e_logdir: Path) -> Iterator[Stack]:
+def stack(logdir: Path) -> Iterator[Stack]:
     """Redis, daemon, worker, webhook, Alertmanager and Prometheus; all stopped in any case."""
     with contextlib.ExitStack() as resources:
         redis = resources.enter_context(RedisServer())
@@ -177,23 +164,16 @@ def stack(e2e_logdir: Path) -> Iterator[Stack]:
         alertmanager = resources.enter_context(
             AlertmanagerServer(PROM_DIR / "alertmanager.yml", webhook.url)
         )
-        client = Client(redis.url())
-        resources.callback(client.close)
-        daemon = ExporterProcess(
-            redis.url(),
-            e2e_logdir,
-            [
-                "--queues", f"celery,{BACKLOG_QUEUE}",
-                "--queue-interval", "1s",
-                "--inspect-interval", "2s",
-            ],
-        )  # fmt: skip
-        resources.callback(daemon.stop)
-        daemon.start()
-        daemon.wait_ready()
+        client = resources.enter_context(connected_client(redis.url()))
+        args = [
+            "--queues", f"celery,{BACKLOG_QUEUE}",
+            "--queue-interval", "1s",
+            "--inspect-interval", "2s",
+        ]  # fmt: skip
+        daemon = resources.enter_context(running_exporter(redis.url(), logdir, args))
         worker_port = free_port()
         worker = WorkerProcess(
-            redis.url(), "e2e", e2e_logdir, env={taskapp.WORKER_PORT_ENV: str(worker_port)}
+            redis.url(), "e2e", logdir, env={taskapp.WORKER_PORT_ENV: str(worker_port)}
         )
 
         def kill_worker() -> None:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import taskapp
-from tests.integration.brokers import FAST, rabbitmq, wait_samples
-from tests.integration.conftest import Client, ExporterProcess, WorkerProcess, sample
-from tests.support import RabbitMQServer
+from tests.support import taskapp
+from tests.support.brokers import FAST, wait_samples
+from tests.support.client import Client
+from tests.support.launchers import RabbitMQServer
+from tests.support.processes import ExporterProcess, WorkerProcess
+from tests.support.scrape import sample
 
 pytestmark = pytest.mark.integration
-__all__ = ["rabbitmq"]
 
 
 def test_rabbitmq_ready_unacked_consumers_and_missing_queue(

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
-    ExporterProcess,
-    WorkerProcess,
-    group_alive,
-    wait_worker_up,
-)
-from tests.support import RedisServer, value, wait_for
+from tests.support.launchers import RedisServer
+from tests.support.processes import ExporterProcess, WorkerProcess, group_alive
+from tests.support.scrape import value
+from tests.support.stack import running_worker
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +30,9 @@ def victim(
     redis_server: RedisServer, exporter: ExporterProcess, logdir: Path
 ) -> Iterator[WorkerProcess]:
     """A second worker, on a queue of its own so it takes none of the other tests' tasks."""
-    proc = WorkerProcess(redis_server.url(), "victim", logdir, queues=("victim",)).start()
-    try:
-        wait_worker_up(exporter, proc)
+    victim = WorkerProcess(redis_server.url(), "victim", logdir, queues=("victim",))
+    with running_worker(victim, exporter) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_killed_worker_goes_down(exporter: ExporterProcess, victim: WorkerProcess) -> None:

@@ -15,16 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import taskapp
-from tests.integration.conftest import (
-    EVENT_TIMEOUT,
-    START_TIMEOUT,
-    Client,
-    WorkerProcess,
-    spawn,
-    wait_metrics,
-)
-from tests.integration.test_workload import (
+from tests.support import taskapp
+from tests.support.client import Client
+from tests.support.expect import wait_metrics
+from tests.support.launchers import RedisServer, free_port, terminate
+from tests.support.processes import EVENT_TIMEOUT, START_TIMEOUT, WorkerProcess, spawn
+from tests.support.scrape import Sample, fetch, scrape, value
+from tests.support.waiting import wait_for
+from tests.support.workload import (
     FAIL_KEY,
     FAIL_VALUE,
     HARD,
@@ -37,16 +35,6 @@ from tests.integration.test_workload import (
     SUCCEED,
     WORKLOAD,
     send_workload,
-)
-from tests.support import (
-    RedisServer,
-    Sample,
-    fetch,
-    free_port,
-    scrape,
-    terminate,
-    value,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -129,14 +117,14 @@ def run_workload(
     revoked_id = send_workload(client, workload, queue=worker.queues[0])
     if revoked_id is not None:
         wait_metrics(
-            endpoint,  # type: ignore[arg-type]
+            endpoint,
             {sample_of("celery_task_received_total", REVOKED, worker): 1},
             before,
             worker=worker,
         )
         assert client.revoke(revoked_id, worker.nodename), worker.log_tail()
     after = wait_metrics(
-        endpoint,  # type: ignore[arg-type]
+        endpoint,
         expected,
         before,
         timeout=EVENT_TIMEOUT + REVOKE_COUNTDOWN,
@@ -328,7 +316,9 @@ class SidecarProcess:
             "--port", str(self.port), f"--match={match}", "--sample-interval", "0.2",
             "--log-format", "json",
         ]  # fmt: skip
-        self.process = spawn(args, {}, logdir / f"sidecar-{self.port}.log")
+        self.process = spawn(
+            args, {}, logdir / f"sidecar-{self.port}.log", f"sidecar on port {self.port}"
+        )
         wait_for(self.endpoint.answers, START_TIMEOUT, 0.1, "the sidecar to listen")
 
     def stop(self) -> int:

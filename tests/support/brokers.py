@@ -1,18 +1,12 @@
-"""Fixtures and helpers for the broker and worker-pool collector tests.
-
-Workers with extra command-line options (``--concurrency``, ``--autoscale``,
-``--prefetch-multiplier``), one private RabbitMQ node per session, and waiting on a collector's
-samples. Test modules import the fixtures they use from here.
-"""
+"""The broker collector tests' helpers: fast queue and inspect collectors, waiting on their samples."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import pytest
-
-from tests.integration.conftest import ExporterProcess
-from tests.support import RabbitMQServer, Sample, wait_for
+from tests.support.processes import ExporterProcess
+from tests.support.scrape import Sample
+from tests.support.waiting import wait_for
 
 #: Generous: two CPUs are shared with other jobs and each inspect round takes about 3 s.
 COLLECT_TIMEOUT = 90.0
@@ -45,10 +39,3 @@ def wait_samples(
             f"{[k for k in absent if k in last]}\nexporter output:\n{exporter.output()[-3000:]}"
         ) from None
     return last
-
-
-@pytest.fixture(scope="session")
-def rabbitmq() -> Iterator[RabbitMQServer]:
-    """One private RabbitMQ node with the management plugin for the session."""
-    with RabbitMQServer() as server:
-        yield server
