@@ -13,8 +13,8 @@ from celery_exporter.events.envelope import (
     MalformedMessage,
     decode_body,
     decode_envelope,
-    encode_envelope,
 )
+from tests.support.events import encode_envelope
 
 STARTED = {"type": "task-started", "uuid": "u-1", "hostname": "celery@w1", "timestamp": 1.5}
 SUCCEEDED = {"type": "task-succeeded", "uuid": "u-1", "runtime": 0.25, "timestamp": 2.0}

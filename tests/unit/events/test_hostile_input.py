@@ -24,14 +24,13 @@ from celery_exporter.events.envelope import (
     MalformedMessage,
     decode_body,
     decode_envelope,
-    encode_envelope,
 )
 from celery_exporter.events.fields import MAX_VALUE_LENGTH
 from celery_exporter.state import ClusterState, Settings
 from celery_exporter.state.labels import OVERFLOW
 from celery_exporter.web.health import Health
 from tests.support import parse_metrics
-from tests.unit.state.test_cluster import failed, heartbeat, received, started, succeeded
+from tests.support.events import encode_envelope, failed, heartbeat, received, started, succeeded
 
 FAST = settings(
     max_examples=60,
