@@ -1,13 +1,16 @@
-"""Event objects as decoded from JSON, checked into typed events, or one :class:`InvalidEvent`.
+"""Event objects as decoded from JSON, checked into typed events, or :data:`INVALID`.
 
 Producers are not trusted: every field the state uses is checked and converted here, so the
-state's handlers receive :class:`TaskEvent` and :class:`WorkerEvent` values whose fields have
+state's handlers receive :class:`TaskEvent` and :class:`WorkerEvent` mappings whose fields have
 the types they use. A field of the wrong type is treated as absent (a label becomes
-``unknown``, a time becomes "now"); only a task event without a usable ``uuid`` cannot be
-applied, and decodes to :data:`INVALID` (counted as ``malformed{reason="schema"}``).
-Labels are cut to :data:`~celery_exporter.events.fields.MAX_VALUE_LENGTH` characters here; how
-many distinct values each label may take is the state's business.
+``unknown``, a time becomes None, meaning "when it arrived"); only a task event without a
+usable ``uuid`` cannot be applied, and decodes to :data:`INVALID` (counted as
+``malformed{reason="schema"}``). Labels are cut to
+:data:`~celery_exporter.events.fields.MAX_VALUE_LENGTH` characters here; how many distinct values
+each label may take is the state's business.
 
+This runs once per event, so each decoder checks the fields in place and returns the same
+dict, writing only the fields it has to correct: an event as Celery sends it costs no copy.
 Task events may carry a ``queue`` field, which Celery's own worker events never do: the
 in-worker exporter (:mod:`celery_exporter.worker`) sets it from the message's routing key.
 """
@@ -16,83 +19,54 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Final, TypedDict, cast
 
-from .fields import MAX_VALUE_LENGTH, UNKNOWN, clean, exception_name
+from .fields import MAX_VALUE_LENGTH, clean, exception_name
 
 #: Longest task id accepted; a task event with a longer or missing one is invalid.
 MAX_UUID_LENGTH = 200
-#: Latest timestamp accepted (year 5138); later, negative, NaN or infinite ones mean "now".
+#: Latest timestamp accepted (year 5138); later, negative, NaN or infinite ones are dropped.
 MAX_TIMESTAMP = 1e11
 #: Longest runtime accepted, in seconds.
 MAX_RUNTIME = 1e7
+#: Longest heartbeat interval accepted, in seconds.
+MAX_FREQ = 3600.0
 
 
-class TaskEvent:
-    """A task event whose fields are checked: labels are short strings, times floats or None."""
+class TaskEvent(TypedDict, total=False):
+    """A checked task event; the fields each type reads are present with these types."""
 
-    __slots__ = (
-        "eta", "exception", "hostname", "name", "queue", "requeue", "runtime", "timestamp",
-        "type", "uuid",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        etype: str,
-        uuid: str,
-        name: str,
-        hostname: str,
-        timestamp: float | None,
-        queue: str | None = None,
-        eta: float | None = None,
-        exception: str = UNKNOWN,
-        runtime: float | None = None,
-        requeue: bool = False,
-    ) -> None:
-        self.type = etype
-        self.uuid = uuid
-        #: Task name; ``unknown`` when the event has none (only task-sent and task-received do).
-        self.name = name
-        self.hostname = hostname
-        #: When the event happened, per its sender; None when missing or out of range.
-        self.timestamp = timestamp
-        #: The queue the event names (task-sent's ``queue`` or ``routing_key``), if any.
-        self.queue = queue
-        self.eta = eta
-        #: Exception class name (task-failed, task-retried).
-        self.exception = exception
-        #: Seconds the task ran (task-succeeded), if the event says.
-        self.runtime = runtime
-        #: Whether a rejected task goes back to its queue (task-rejected).
-        self.requeue = requeue
+    type: str
+    uuid: str
+    #: Task name; ``unknown`` when the event has none (only task-sent and task-received do).
+    name: str
+    hostname: str
+    #: When the event happened, per its sender; None when missing or out of range.
+    timestamp: float | None
+    #: The queue the event names (task-sent's ``queue`` or ``routing_key``), if any.
+    queue: str | None
+    #: task-sent, task-received, task-started: when the task may run, if later than sent.
+    eta: float | None
+    #: task-failed, task-retried: the exception's class name.
+    exception: str
+    #: task-succeeded: seconds the task ran, if the event says.
+    runtime: float | None
+    #: task-rejected: whether the task goes back to its queue.
+    requeue: bool
 
 
-class WorkerEvent:
-    """A worker event: online, heartbeat or offline, with what heartbeats tell."""
+class WorkerEvent(TypedDict, total=False):
+    """A checked worker event (online, heartbeat, offline): None where a field was unusable."""
 
-    __slots__ = (
-        "active", "freq", "hostname", "loadavg", "processed", "sw_ident", "sw_sys", "sw_ver",
-        "type",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        etype: str,
-        hostname: str,
-        freq: float | None = None,
-        active: int | None = None,
-        processed: int | None = None,
-        loadavg: tuple[float, float, float] | None = None,
-        software: tuple[str | None, str | None, str | None] = (None, None, None),
-    ) -> None:
-        self.type = etype
-        self.hostname = hostname
-        #: Heartbeat interval in seconds, above 0 and below an hour.
-        self.freq = freq
-        self.active = active
-        self.processed = processed
-        self.loadavg = loadavg
-        self.sw_ident, self.sw_ver, self.sw_sys = software
+    type: str
+    hostname: str
+    freq: float | None
+    active: int | None
+    processed: int | None
+    loadavg: tuple[float, float, float] | None
+    sw_ident: str | None
+    sw_ver: str | None
+    sw_sys: str | None
 
 
 class InvalidEvent:
@@ -104,8 +78,9 @@ class InvalidEvent:
         self.reason = reason
 
 
-INVALID = InvalidEvent("schema")
-Event = TaskEvent | WorkerEvent
+INVALID: Final = InvalidEvent("schema")
+Raw = dict[str, Any]
+Decoded = TaskEvent | WorkerEvent | InvalidEvent
 
 
 def label(value: Any) -> str:
@@ -117,7 +92,7 @@ def label(value: Any) -> str:
 
 def timestamp(value: Any) -> float | None:
     """A Unix time in range, else None."""
-    if type(value) is float or (type(value) is int):
+    if type(value) is float or type(value) is int:
         # A range check, not math.isfinite: it also rejects NaN and inf, and never overflows.
         return float(value) if 0 < value < MAX_TIMESTAMP else None
     return None
@@ -142,106 +117,102 @@ def eta(value: Any) -> float | None:
     return parsed.timestamp()
 
 
-def _queue(value: Any) -> str | None:
-    if type(value) is str:
-        return value[:MAX_VALUE_LENGTH] if value else None
-    return clean(value) if value else None
-
-
-def _uuid(event: dict[str, Any]) -> str | None:
+def _task(event: Raw) -> bool:
+    """Check the fields every task event has, in place; False when its uuid is unusable."""
     uuid = event.get("uuid")
-    if type(uuid) is str and 0 < len(uuid) <= MAX_UUID_LENGTH:
-        return uuid
-    return None
+    if type(uuid) is not str or not 0 < len(uuid) <= MAX_UUID_LENGTH:
+        return False
+    name = event.get("name")
+    if type(name) is not str or not 0 < len(name) <= MAX_VALUE_LENGTH:
+        event["name"] = clean(name)
+    host = event.get("hostname")
+    if type(host) is not str or not 0 < len(host) <= MAX_VALUE_LENGTH:
+        event["hostname"] = clean(host)
+    ts = event.get("timestamp")
+    if not ((type(ts) is float or type(ts) is int) and 0 < ts < MAX_TIMESTAMP):
+        event["timestamp"] = None
+    if "queue" in event:
+        queue = event["queue"]
+        if type(queue) is not str or not queue:
+            event["queue"] = None
+        elif len(queue) > MAX_VALUE_LENGTH:
+            event["queue"] = queue[:MAX_VALUE_LENGTH]
+    return True
 
 
-def _task(event: dict[str, Any], etype: str) -> TaskEvent | InvalidEvent:
-    """Fields every task event has; the type-specific ones are filled in by the caller."""
-    uuid = _uuid(event)
-    if uuid is None:
+def _plain(event: Raw) -> Decoded:
+    """task-started, task-revoked, task-cancelled, task-ignored: the common fields only."""
+    return cast(TaskEvent, event) if _task(event) else INVALID
+
+
+def _with_eta(event: Raw) -> Decoded:
+    """task-received and task-started (the in-worker exporter's carry an ETA)."""
+    if not _task(event):
         return INVALID
-    queue = event.get("queue")
-    return TaskEvent(
-        etype,
-        uuid,
-        label(event.get("name")),
-        label(event.get("hostname")),
-        timestamp(event.get("timestamp")),
-        queue[:MAX_VALUE_LENGTH] if type(queue) is str and queue else None,
-    )
+    value = event.get("eta")
+    if value is not None:
+        event["eta"] = eta(value)
+    return cast(TaskEvent, event)
 
 
-def _sent(event: dict[str, Any]) -> TaskEvent | InvalidEvent:
-    task = _task(event, "task-sent")
-    if type(task) is TaskEvent:
-        task.queue = _queue(event.get("queue") or event.get("routing_key"))
-        task.eta = eta(event.get("eta"))
-    return task
+def _sent(event: Raw) -> Decoded:
+    """task-sent: its queue from ``queue``, else ``routing_key``."""
+    queue = event.get("queue") or event.get("routing_key")
+    if not _task(event):
+        return INVALID
+    if type(queue) is str:
+        event["queue"] = queue[:MAX_VALUE_LENGTH] if queue else None
+    else:
+        event["queue"] = clean(queue) if queue else None
+    event["eta"] = eta(event.get("eta"))
+    return cast(TaskEvent, event)
 
 
-def _arrived(etype: str) -> Callable[[dict[str, Any]], TaskEvent | InvalidEvent]:
-    def decode(event: dict[str, Any]) -> TaskEvent | InvalidEvent:
-        task = _task(event, etype)
-        if type(task) is TaskEvent:
-            task.eta = eta(event.get("eta"))
-        return task
-
-    return decode
-
-
-def _succeeded(event: dict[str, Any]) -> TaskEvent | InvalidEvent:
-    task = _task(event, "task-succeeded")
-    if type(task) is TaskEvent:
-        task.runtime = duration(event.get("runtime"))
-    return task
+def _succeeded(event: Raw) -> Decoded:
+    """task-succeeded: its runtime."""
+    if not _task(event):
+        return INVALID
+    runtime = event.get("runtime")
+    if not ((type(runtime) is float or type(runtime) is int) and 0 <= runtime < MAX_RUNTIME):
+        event["runtime"] = None
+    return cast(TaskEvent, event)
 
 
-def _errored(etype: str) -> Callable[[dict[str, Any]], TaskEvent | InvalidEvent]:
-    def decode(event: dict[str, Any]) -> TaskEvent | InvalidEvent:
-        task = _task(event, etype)
-        if type(task) is TaskEvent:
-            task.exception = label(exception_name(event.get("exception"), event.get("traceback")))
-        return task
-
-    return decode
+def _errored(event: Raw) -> Decoded:
+    """task-failed and task-retried: the exception's class name."""
+    if not _task(event):
+        return INVALID
+    event["exception"] = label(exception_name(event.get("exception"), event.get("traceback")))
+    return cast(TaskEvent, event)
 
 
-def _plain(etype: str) -> Callable[[dict[str, Any]], TaskEvent | InvalidEvent]:
-    def decode(event: dict[str, Any]) -> TaskEvent | InvalidEvent:
-        task = _task(event, etype)
-        if type(task) is TaskEvent:
-            task.requeue = event.get("requeue") is True
-        return task
-
-    return decode
+def _rejected(event: Raw) -> Decoded:
+    """task-rejected: whether the task goes back to its queue."""
+    if not _task(event):
+        return INVALID
+    event["requeue"] = event.get("requeue") is True
+    return cast(TaskEvent, event)
 
 
-def _worker(etype: str) -> Callable[[dict[str, Any]], WorkerEvent]:
-    def decode(event: dict[str, Any]) -> WorkerEvent:
-        return WorkerEvent(
-            etype,
-            label(event.get("hostname")),
-            freq=_freq(event.get("freq")),
-            active=_count(event.get("active")),
-            processed=_count(event.get("processed")),
-            loadavg=_loadavg(event.get("loadavg")),
-            software=(
-                _software(event.get("sw_ident")),
-                _software(event.get("sw_ver")),
-                _software(event.get("sw_sys")),
-            ),
-        )
-
-    return decode
-
-
-def _freq(value: Any) -> float | None:
-    ok = type(value) is float or type(value) is int
-    return float(value) if ok and 0 < value < 3600 else None
-
-
-def _count(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None
+def _worker(event: Raw) -> Decoded:
+    """worker-online, worker-heartbeat, worker-offline: every field checked into a new dict."""
+    freq, active, processed = event.get("freq"), event.get("active"), event.get("processed")
+    checked: WorkerEvent = {
+        "type": event["type"],
+        "hostname": label(event.get("hostname")),
+        "freq": (
+            float(freq)
+            if (type(freq) is float or type(freq) is int) and 0 < freq < MAX_FREQ
+            else None
+        ),
+        "active": active if type(active) is int and active >= 0 else None,
+        "processed": processed if type(processed) is int and processed >= 0 else None,
+        "loadavg": _loadavg(event.get("loadavg")),
+        "sw_ident": _software(event.get("sw_ident")),
+        "sw_ver": _software(event.get("sw_ver")),
+        "sw_sys": _software(event.get("sw_sys")),
+    }
+    return checked
 
 
 def _loadavg(value: Any) -> tuple[float, float, float] | None:
@@ -259,24 +230,24 @@ def _software(value: Any) -> str | None:
 
 
 #: The decoder of each event type the state applies; other types are only counted.
-DECODERS: dict[str, Callable[[dict[str, Any]], TaskEvent | WorkerEvent | InvalidEvent]] = {
+DECODERS: dict[str, Callable[[Raw], Decoded]] = {
     "task-sent": _sent,
-    "task-received": _arrived("task-received"),
-    "task-started": _arrived("task-started"),
+    "task-received": _with_eta,
+    "task-started": _with_eta,
     "task-succeeded": _succeeded,
-    "task-failed": _errored("task-failed"),
-    "task-retried": _errored("task-retried"),
-    "task-revoked": _plain("task-revoked"),
-    "task-rejected": _plain("task-rejected"),
-    "task-cancelled": _plain("task-cancelled"),
-    "task-ignored": _plain("task-ignored"),
-    "worker-online": _worker("worker-online"),
-    "worker-heartbeat": _worker("worker-heartbeat"),
-    "worker-offline": _worker("worker-offline"),
+    "task-failed": _errored,
+    "task-retried": _errored,
+    "task-revoked": _plain,
+    "task-rejected": _rejected,
+    "task-cancelled": _plain,
+    "task-ignored": _plain,
+    "worker-online": _worker,
+    "worker-heartbeat": _worker,
+    "worker-offline": _worker,
 }
 
 
-def decode(event: dict[str, Any]) -> TaskEvent | WorkerEvent | InvalidEvent | None:
-    """Check one event object; None for a type the state does not apply."""
+def decode(event: Raw) -> Decoded | None:
+    """Check one event object (in place); None for a type the state does not apply."""
     decoder = DECODERS.get(event["type"])
     return decoder(event) if decoder is not None else None

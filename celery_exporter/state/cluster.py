@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events.decode import DECODERS, InvalidEvent, WorkerEvent
+from ..events.decode import DECODERS, INVALID, WorkerEvent
 from ..internal import InternalErrors
 from ..log import get_logger
 from .handlers import TaskHandlers
@@ -97,6 +97,7 @@ class ClusterState:
         decoders = DECODERS
         apply = self._apply
         counts = self.events
+        malformed = self.malformed
         with self.lock:
             self.last_event = now
             for raw in events:
@@ -107,8 +108,8 @@ class ClusterState:
                     continue
                 counts[etype] = counts.get(etype, 0) + 1
                 event = decoder(raw)
-                if type(event) is InvalidEvent:
-                    self.malformed[event.reason] = self.malformed.get(event.reason, 0) + 1
+                if event is INVALID:
+                    malformed["schema"] = malformed.get("schema", 0) + 1
                     continue
                 try:
                     apply[etype](event, now)
@@ -132,16 +133,16 @@ class ClusterState:
     # -- worker events --------------------------------------------------------------------------
 
     def _worker_online(self, event: WorkerEvent, now: float) -> None:
-        host = self.workers.hostnames(event.hostname)
+        host = self.workers.hostnames(event["hostname"])
         self.handlers.release_tasks_of(host)
         self.workers.seen(host, now, revive=True).heartbeat(event, now)
 
     def _worker_heartbeat(self, event: WorkerEvent, now: float) -> None:
-        host = self.workers.hostnames(event.hostname)
+        host = self.workers.hostnames(event["hostname"])
         self.workers.seen(host, now, revive=True).heartbeat(event, now)
 
     def _worker_offline(self, event: WorkerEvent, now: float) -> None:
-        host = self.workers.hostnames(event.hostname)
+        host = self.workers.hostnames(event["hostname"])
         self.workers.offline(host, now)
         self.handlers.release_tasks_of(host)
 

@@ -41,6 +41,12 @@ class TaskHandlers:
         self.exceptions = LabelCap(settings.max_exceptions)
         self.queues = LabelCap(settings.max_queues)
         self.with_host = settings.worker_label
+        # The dicts and sets the hot path reads directly (each owner replaces none of them).
+        self._inflight = tasks.tasks
+        self._workers = workers.workers
+        self._hosts_seen = workers.hostnames.seen
+        self._names_seen = self.names.seen
+        self._counters = series.counters
         self.table: dict[str, Callable[[TaskEvent, float], None]] = {
             "task-sent": self.sent,
             "task-received": self.received,
@@ -58,28 +64,28 @@ class TaskHandlers:
 
     def sent(self, event: TaskEvent, now: float) -> None:
         """A producer published the task (possibly after a short task already finished)."""
-        task = self.tasks.get(event.uuid)
-        sent = event.timestamp or now
-        queue = event.queue
+        task = self.tasks.get(event["uuid"])
+        sent = event["timestamp"] or now
+        queue = event.get("queue")
         if task is None:
-            done = self.tasks.was_finished(event.uuid)
+            done = self.tasks.was_finished(event["uuid"])
             if done is not None:
                 # Producers publish task-sent after the task itself: a short task can finish
                 # first. Count it under the labels the task ran with, and do not track it again.
-                self._late_sent(done, sent, event.eta, queue)
+                self._late_sent(done, sent, event.get("eta"), queue)
                 return
             task = self._track(
-                event.uuid,
-                self.names(event.name),
+                event["uuid"],
+                self.names(event["name"]),
                 self.queues(queue or self.settings.default_queue),
             )
         elif task.step == STARTED and task.started is not None and sent <= task.started:
-            self._late_sent(task, sent, event.eta, queue)
+            self._late_sent(task, sent, event.get("eta"), queue)
             return
         elif queue:
             task.queue = self.queues(queue)
         task.sent = sent
-        task.eta = event.eta
+        task.eta = event.get("eta")
         running_key = task.key
         self._count("sent", task, "")
         if task.step == STARTED:
@@ -90,16 +96,16 @@ class TaskHandlers:
         """A worker took the task off its queue."""
         task, worker = self._arrive(event, now)
         task.step = RECEIVED
-        task.received = event.timestamp or now
-        if event.eta is not None:
-            task.eta = event.eta
+        task.received = event["timestamp"] or now
+        if event.get("eta") is not None:
+            task.eta = event.get("eta")
         worker.reserved += 1
         self._count("received", task, task.host)
 
     def started(self, event: TaskEvent, now: float) -> None:
         """A worker started running the task."""
         task, worker = self._arrive(event, now)
-        started = event.timestamp or now
+        started = event["timestamp"] or now
         task.step = STARTED
         task.started = started
         worker.busy += 1
@@ -120,9 +126,9 @@ class TaskHandlers:
         if task is None:
             return
         key = self._count("succeeded", task, task.host)
-        runtime = event.runtime
+        runtime = event["runtime"]
         if runtime is None and task.started is not None:
-            runtime = _duration((event.timestamp or now) - task.started)
+            runtime = _duration((event["timestamp"] or now) - task.started)
         if runtime is not None:
             self.series.observe_runtime((*key, "succeeded"), runtime)
 
@@ -131,22 +137,22 @@ class TaskHandlers:
         task = self._finish(event, now)
         if task is None:
             return
-        exception = self.exceptions(event.exception)
+        exception = self.exceptions(event["exception"])
         key = self._count("failed", task, task.host, exception)
-        kind = TIMEOUT_KINDS.get(event.exception)
+        kind = TIMEOUT_KINDS.get(event["exception"])
         series = self.series
         if kind is not None:
             series.count_timeout((*key, kind))
         series.fail(key, now)
         if task.started is not None:
-            runtime = _duration((event.timestamp or now) - task.started)
+            runtime = _duration((event["timestamp"] or now) - task.started)
             if runtime is not None:
                 series.observe_runtime((*key, "failed"), runtime)
 
     def retried(self, event: TaskEvent, now: float) -> None:
         """The task asked to run again later."""
         task = self._requeue(event, now)
-        self._count("retried", task, task.host, self.exceptions(event.exception))
+        self._count("retried", task, task.host, self.exceptions(event["exception"]))
 
     def revoked(self, event: TaskEvent, now: float) -> None:
         """The task was revoked (and maybe terminated)."""
@@ -156,7 +162,7 @@ class TaskHandlers:
 
     def rejected(self, event: TaskEvent, now: float) -> None:
         """A worker rejected the task: back to its queue, or dropped."""
-        task = self._requeue(event, now) if event.requeue else self._finish(event, now)
+        task = self._requeue(event, now) if event["requeue"] else self._finish(event, now)
         if task is not None:
             self._count("rejected", task, task.host)
 
@@ -183,22 +189,37 @@ class TaskHandlers:
             wait = max(task.started - ready, 0.0)
             self.series.observe_queue_wait(self._key(task, task.host), wait)
 
+    def _worker(self, event: TaskEvent, now: float) -> tuple[str, Worker]:
+        """The event's worker, capped, noted as seen now (see :meth:`WorkerTable.seen`)."""
+        host = event["hostname"]
+        if host not in self._hosts_seen:
+            host = self.workers.hostnames(host)
+        worker = self._workers.get(host)
+        if worker is not None and worker.online:
+            worker.last_seen = now
+            worker.offline_since = None
+            return host, worker
+        return host, self.workers.seen(host, now)
+
     def _arrive(self, event: TaskEvent, now: float) -> tuple[Task, Worker]:
         """Find, or start tracking, the task a worker's received or started event is about."""
-        host = self.workers.hostnames(event.hostname)
-        worker = self.workers.seen(host, now)
-        task = self.tasks.get(event.uuid)
+        host, worker = self._worker(event, now)
+        uuid = event["uuid"]
+        task = self._inflight.get(uuid)
         if task is None:
-            task = self._track(event.uuid, self.names(event.name), self._queue_for(event, host))
-        else:
+            name = event["name"]
+            if name not in self._names_seen:
+                name = self.names(name)
+            task = self._track(uuid, name, self._queue_for(event, host))
+        elif task.step:
             self.leave_step(task)
         task.host = host
         return task, worker
 
     def _queue_for(self, event: TaskEvent, host: str) -> str:
         """The queue an event names (the in-worker exporter's do), else its worker's only one."""
-        if event.queue:
-            return self.queues(event.queue)
+        if event.get("queue"):
+            return self.queues(event.get("queue"))
         queues = self.worker_queues.of(host)
         if queues is not None and len(queues) == 1:
             return self.queues(queues[0])
@@ -211,8 +232,12 @@ class TaskHandlers:
         return (task.name, task.queue)
 
     def _count(self, kind: str, task: Task, host: str, *extra: str) -> LabelKey:
-        key = task.key = self._key(task, host)
-        self.series.count(kind, (*key, *extra) if extra else key)
+        key = task.key = (
+            (task.name, task.queue, host) if self.with_host else (task.name, task.queue)
+        )
+        counter = self._counters[kind]
+        ckey = (*key, *extra) if extra else key
+        counter[ckey] = counter.get(ckey, 0) + 1
         return key
 
     def _track(self, uuid: str, name: str, queue: str) -> Task:
@@ -237,21 +262,20 @@ class TaskHandlers:
 
     def _finish(self, event: TaskEvent, now: float) -> Task | None:
         """Retire a task on a final event; None when this event repeats one already counted."""
-        uuid = event.uuid
-        host = self.workers.hostnames(event.hostname)
-        self.workers.seen(host, now)
-        task = self.tasks.pop(uuid)
+        uuid = event["uuid"]
+        host = self._worker(event, now)[0]
+        task = self._inflight.pop(uuid, None)
         if task is None:
-            repeat, task = self.tasks.finished_task(uuid, event.type)
+            repeat, task = self.tasks.finished_task(uuid, event["type"])
             if repeat:
                 return None
             if task is not None:
                 return task
-            task = Task(uuid, self.names(event.name), self._queue_for(event, host))
-        else:
+            task = Task(uuid, self.names(event["name"]), self._queue_for(event, host))
+        elif task.step:
             self.leave_step(task)
         task.host = host
-        self.tasks.remember(uuid, event.type, task)
+        self.tasks.remember(uuid, event["type"], task)
         return task
 
     def _requeue(self, event: TaskEvent, now: float) -> Task:
@@ -260,11 +284,13 @@ class TaskHandlers:
         A retry publishes its new message (and task-sent) before task-retried, so the new
         task-sent or task-received may already be in: what came after the last start is kept.
         """
-        host = self.workers.hostnames(event.hostname)
+        host = self.workers.hostnames(event["hostname"])
         self.workers.seen(host, now)
-        task = self.tasks.get(event.uuid)
+        task = self.tasks.get(event["uuid"])
         if task is None:
-            task = self._track(event.uuid, self.names(event.name), self._queue_for(event, host))
+            task = self._track(
+                event["uuid"], self.names(event["name"]), self._queue_for(event, host)
+            )
             task.host = host
             return task
         last_start = task.started

@@ -117,7 +117,10 @@ class TaskSeries:
 
     def start(self, key: LabelKey, uuid: str, started: float) -> None:
         """Note a running task for ``celery_tasks_active``."""
-        self.running.setdefault(key, {})[uuid] = started
+        running = self.running.get(key)
+        if running is None:
+            running = self.running[key] = {}
+        running[uuid] = started
 
     def stop(self, key: LabelKey, uuid: str) -> None:
         """Take a task off ``celery_tasks_active``."""

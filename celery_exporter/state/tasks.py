@@ -5,6 +5,11 @@ from __future__ import annotations
 from .series import LabelKey
 
 PENDING, RECEIVED, STARTED = 0, 1, 2
+#: A bit for each final event type, to remember which ones a finished task has had.
+FINAL_BITS = {
+    "task-succeeded": 1, "task-failed": 2, "task-revoked": 4, "task-rejected": 8,
+    "task-ignored": 16,
+}  # fmt: skip
 
 
 class Task:
@@ -43,8 +48,9 @@ class TaskTable:
     def __init__(self, limit: int, finished_limit: int) -> None:
         self.limit = limit
         self.tasks: dict[str, Task] = {}
-        #: Recently finished tasks and the final event types seen for each, to spot repeats.
-        self.finished: dict[str, tuple[set[str], Task]] = {}
+        #: Recently finished tasks and the final event types seen for each (FINAL_BITS), to spot
+        #: repeats.
+        self.finished: dict[str, tuple[int, Task]] = {}
         self._ring: list[str | None] = [None] * finished_limit
         self._pos = 0
         self.evicted = 0
@@ -76,11 +82,13 @@ class TaskTable:
         done = self.finished.get(uuid)
         if done is None:
             return False, None
-        if etype in done[0]:
+        seen, task = done
+        bit = FINAL_BITS[etype]
+        if seen & bit:
             self.duplicates += 1
             return True, None
-        done[0].add(etype)
-        return False, done[1]
+        self.finished[uuid] = (seen | bit, task)
+        return False, task
 
     def was_finished(self, uuid: str) -> Task | None:
         """The finished task with this id, if it is still remembered."""
@@ -95,7 +103,7 @@ class TaskTable:
             self.finished.pop(oldest, None)
         ring[pos] = uuid
         self._pos = (pos + 1) % len(ring)
-        self.finished[uuid] = ({etype}, task)
+        self.finished[uuid] = (FINAL_BITS[etype], task)
 
     def sent_timestamp(self, uuid: str) -> float | None:
         """When the task-sent of a task still waiting or running was sent, if it was seen."""

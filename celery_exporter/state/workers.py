@@ -42,20 +42,20 @@ class Worker:
     def heartbeat(self, event: WorkerEvent, now: float) -> None:
         """Take what a worker-online or worker-heartbeat event tells."""
         self.last_heartbeat = now
-        if event.freq is not None:
-            self.freq = event.freq
-        if event.active is not None:
-            self.active = event.active
-        if event.processed is not None:
-            self.processed = event.processed
-        if event.loadavg is not None:
-            self.loadavg = event.loadavg
-        if event.sw_ident is not None:
-            self.sw_ident = event.sw_ident
-        if event.sw_ver is not None:
-            self.sw_ver = event.sw_ver
-        if event.sw_sys is not None:
-            self.sw_sys = event.sw_sys
+        if (freq := event["freq"]) is not None:
+            self.freq = freq
+        if (active := event["active"]) is not None:
+            self.active = active
+        if (processed := event["processed"]) is not None:
+            self.processed = processed
+        if (loadavg := event["loadavg"]) is not None:
+            self.loadavg = loadavg
+        if (sw_ident := event["sw_ident"]) is not None:
+            self.sw_ident = sw_ident
+        if (sw_ver := event["sw_ver"]) is not None:
+            self.sw_ver = sw_ver
+        if (sw_sys := event["sw_sys"]) is not None:
+            self.sw_sys = sw_sys
 
 
 class WorkerTable:

@@ -873,8 +873,13 @@ def test_a_handler_that_raises_is_an_internal_error(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(TaskHandlers, "_arrive", broken)
     state, _ = make()
-    with structlog.testing.capture_logs() as logs:
-        state.handle_batch([received("u1"), heartbeat(W2), sent("u2")])
+    configured = structlog.is_configured()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            state.handle_batch([received("u1"), heartbeat(W2), sent("u2")])
+    finally:
+        if not configured:  # leave structlog unconfigured for code that checks (worker side)
+            structlog.reset_defaults()
     snap = state.snapshot()
     assert state.errors.counts() == {"event_handler": 1}
     assert snap.malformed == {}
