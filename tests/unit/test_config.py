@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from celery_exporter import config
+from celery_exporter import config, parsers
 from celery_exporter.config import ConfigError, load
 from celery_exporter.state import DEFAULT_RUNTIME_BUCKETS, Settings
 
@@ -145,14 +145,14 @@ def test_celery_broker_url_fallback() -> None:
 @pytest.mark.parametrize(("text", "expected"), [("1", 1), ("9808", 9808), ("65535", 65535)])
 def test_parse_port_accepts(text: str, expected: int) -> None:
     """Ports 1 to 65535 are accepted."""
-    assert config.parse_port(text) == expected
+    assert parsers.parse_port(text) == expected
 
 
 @pytest.mark.parametrize("text", ["0", "65536", "-1", "http", "80.5", ""])
 def test_parse_port_rejects(text: str) -> None:
     """Anything but a whole number from 1 to 65535 is rejected."""
     with pytest.raises(ValueError, match=r"^expected a port number from 1 to 65535$"):
-        config.parse_port(text)
+        parsers.parse_port(text)
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_parse_port_rejects(text: str) -> None:
 )
 def test_parse_duration_accepts(text: str, expected: float) -> None:
     """Durations are seconds or a number with ms, s, m or h."""
-    assert config.parse_duration(text) == expected
+    assert parsers.parse_duration(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -187,13 +187,13 @@ def test_parse_duration_accepts(text: str, expected: float) -> None:
 def test_parse_duration_rejects(text: str, message: str) -> None:
     """Unknown units, negative and zero durations are rejected."""
     with pytest.raises(ValueError) as caught:
-        config.parse_duration(text)
+        parsers.parse_duration(text)
     assert str(caught.value) == message
 
 
 def test_parse_buckets_accepts() -> None:
     """Comma-separated increasing bounds become a tuple of floats."""
-    assert config.parse_buckets("0.1, 1,10,") == (0.1, 1.0, 10.0)
+    assert parsers.parse_buckets("0.1, 1,10,") == (0.1, 1.0, 10.0)
 
 
 @pytest.mark.parametrize(
@@ -212,13 +212,13 @@ def test_parse_buckets_accepts() -> None:
 def test_parse_buckets_rejects(text: str, message: str) -> None:
     """Bounds that do not increase, are not above zero or finite, or not numbers are rejected."""
     with pytest.raises(ValueError) as caught:
-        config.parse_buckets(text)
+        parsers.parse_buckets(text)
     assert str(caught.value) == message
 
 
 def test_log_level_choice() -> None:
     """Log levels are case-insensitive; an unknown level is rejected with the choices."""
-    parse = config.parse_choice(config.LOG_LEVELS)
+    parse = parsers.parse_choice(config.LOG_LEVELS)
     assert parse(" WARNING ") == "warning"
     with pytest.raises(ValueError) as caught:
         parse("verbose")
@@ -238,7 +238,7 @@ def test_log_level_choice() -> None:
 )
 def test_parse_broker_url_accepts(url: str) -> None:
     """Known kombu transports are accepted, including ';'-separated failover lists."""
-    assert config.parse_broker_url(f" {url} ") == url
+    assert parsers.parse_broker_url(f" {url} ") == url
 
 
 @pytest.mark.parametrize(
@@ -253,7 +253,7 @@ def test_parse_broker_url_accepts(url: str) -> None:
 def test_parse_broker_url_rejects(url: str, message: str) -> None:
     """Unknown transports and text without scheme:// are rejected."""
     with pytest.raises(ValueError) as caught:
-        config.parse_broker_url(url)
+        parsers.parse_broker_url(url)
     assert str(caught.value) == message
 
 
@@ -274,14 +274,14 @@ def test_parse_broker_url_rejects(url: str, message: str) -> None:
 )
 def test_parse_pair(text: str, expected: tuple[str, Any]) -> None:
     """key=value pairs read the value as JSON when it is JSON, else as text."""
-    assert config.parse_pair(text) == expected
+    assert parsers.parse_pair(text) == expected
 
 
 @pytest.mark.parametrize("text", ["novalue", "=1", " =1", ""])
 def test_parse_pair_rejects(text: str) -> None:
     """A pair without '=' or without a key is rejected."""
     with pytest.raises(ValueError, match=r"^expected key=value$"):
-        config.parse_pair(text)
+        parsers.parse_pair(text)
 
 
 @pytest.mark.parametrize(
@@ -303,7 +303,7 @@ def test_parse_pair_rejects(text: str) -> None:
 )
 def test_parse_ssl_pair(text: str, expected: Any) -> None:
     """Certificate requirements become ssl constants, ssl_check_hostname a bool, the rest stays."""
-    key, value = config.parse_ssl_pair(text)
+    key, value = parsers.parse_ssl_pair(text)
     assert (key, value) == (text.split("=")[0], expected)
     assert type(value) is type(expected)
 
@@ -338,10 +338,10 @@ def test_load_rejects_bad_tls_option(
 @pytest.mark.parametrize(
     ("parse", "text", "message"),
     [
-        (config.parse_bool, "maybe", "expected true or false"),
-        (config.positive_int, "0", "expected a whole number of at least 1"),
-        (config.positive_int, "many", "expected a whole number of at least 1"),
-        (config.non_empty, "  ", "expected a value that is not empty"),
+        (parsers.parse_bool, "maybe", "expected true or false"),
+        (parsers.positive_int, "0", "expected a whole number of at least 1"),
+        (parsers.positive_int, "many", "expected a whole number of at least 1"),
+        (parsers.non_empty, "  ", "expected a value that is not empty"),
     ],
 )
 def test_other_parsers_reject(parse: Callable[[str], Any], text: str, message: str) -> None:
