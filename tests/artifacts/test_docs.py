@@ -82,3 +82,23 @@ def test_worker_side_families_include_the_contract() -> None:
         "celery_task_failed_total",
     }  # fmt: skip
     assert contract <= set(WORKER_FAMILIES)
+
+
+def package_map() -> dict[str, str]:
+    """The README's package map: module path to its one-line description."""
+    section = README.split("### Package map", 1)[1].split("```", 2)[1]
+    rows = [line.split(None, 1) for line in section.strip().splitlines()]
+    return {path: about for path, about in rows}
+
+
+def test_package_map_matches_the_tree() -> None:
+    """The README's package map names every module of the package, and only modules that exist."""
+    listed = package_map()
+    modules = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "celery_exporter").rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert modules - set(listed) == set()
+    assert {path for path in listed if not (ROOT / path).is_file()} == set()
+    assert all(about.strip() for about in listed.values())
