@@ -6,6 +6,7 @@ given the transport options with 5 s connect and 10 s socket timeouts unless the
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,16 @@ def celery_app(broker: Broker, name: str) -> Any:
     app.conf.broker_transport_options = dict(broker.transport_options)
     app.conf.broker_use_ssl = dict(broker.ssl_options) or None
     return app
+
+
+def is_tls_failure(exc: BaseException) -> bool:
+    """Whether a connection failed because the broker's certificate was refused."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def is_auth_failure(error: str) -> bool:

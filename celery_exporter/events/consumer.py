@@ -19,7 +19,7 @@ from typing import Any
 
 from celery.events.event import get_exchange
 
-from ..broker import Broker, celery_app, is_auth_failure
+from ..broker import Broker, celery_app, is_auth_failure, is_tls_failure
 from ..log import get_logger
 from ..redact import mask_url
 from ..state import ClusterState
@@ -156,6 +156,13 @@ class EventConsumer:
                 "broker_auth_failed", broker=self.broker.safe_url, error=error,
                 retry_in=round(delay, 1),
                 hint="the broker refused the user name or password in --broker-url",
+            )  # fmt: skip
+        elif is_tls_failure(exc):
+            log.error(
+                "broker_tls_failed", broker=self.broker.safe_url, error=error,
+                retry_in=round(delay, 1),
+                hint="the broker's certificate was refused: give its CA with --broker-ssl-option "
+                "ssl_ca_certs=FILE, and use a host name the certificate names in --broker-url",
             )  # fmt: skip
         else:
             log.warning("broker_unavailable", broker=self.broker.safe_url, error=error,

@@ -184,7 +184,7 @@ def test_unverifiable_server_is_refused_without_crash(
     other_ca: bool,
     why: str,
 ) -> None:
-    """A server it cannot verify (other CA, name not in its certificate) is refused, not fatal."""
+    """A server it cannot verify (other CA, name not in its certificate) is refused at error level, not fatal."""
     if host == "[::1]" and not ipv6_loopback():
         pytest.skip("this machine has no ::1 to reach the server by a name not in its certificate")
     ca = make_pki(tmp_path).ca if other_ca else pki.ca
@@ -193,9 +193,11 @@ def test_unverifiable_server_is_refused_without_crash(
 
         def refused() -> bool:
             lines = [json.loads(line) for line in exporter.output().splitlines() if "{" in line]
-            events = {(line.get("event"), line.get("collector")) for line in lines
-                      if why in str(line.get("error", ""))}  # fmt: skip
-            return {("broker_unavailable", None), ("collector_failed", "queues")} <= events
+            events = {(line.get("event"), line.get("level"), line.get("collector"))
+                      for line in lines if why in str(line.get("error", ""))}  # fmt: skip
+            return {
+                ("broker_tls_failed", "error", None), ("collector_failed", "warning", "queues")
+            } <= events  # fmt: skip
 
         wait_for(refused, 60, 0.2, f"the exporter to log {why!r} for both connections")
         samples = exporter.metrics()
