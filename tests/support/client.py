@@ -76,10 +76,16 @@ class Client:
         until every task-sent is published, which makes the order of events deterministic.
         """
         self._control(worker, "cancel_consumer", queue)
+        # The worker answers before it acts (call_soon): had it not stopped consuming yet, the
+        # check below would see the queue still consumed and the cancel would come after it.
+        wait_for(
+            lambda: queue not in self.consumed_queues(worker),
+            60, 0.5, f"{worker.nodename} to stop consuming {queue}",
+        )  # fmt: skip
         try:
             yield
         finally:
-            # The worker answers before it acts (call_soon): make sure it consumes again.
+            # Likewise for add_consumer: make sure it consumes again.
             def consuming() -> bool:
                 if queue in self.consumed_queues(worker):
                     return True
