@@ -532,6 +532,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--timeout", type=float, default=900.0, help="stop after this long in any case")
     add("--scrapes", type=int, default=20, help="scrapes timed after the burst")
     add("--no-pin", action="store_true", help="do not pin processes to CPU cores")
+    add("--baseline", nargs="?", const="together", choices=("together", "first"),
+        help="also run the minimal consumer of ingest_baseline.py on the exporter's core and "
+        "print exporter/baseline CPU per event: 'together' (the default) subscribes it beside "
+        "the exporter to the same burst, 'first' gives it the burst alone before the exporter "
+        "starts")  # fmt: skip
+    add("--repeat", type=int, default=1,
+        help="runs on the same traffic (fresh Redis and processes each), then the medians")  # fmt: skip
     add("--json", action="store_true", help="print the results as one JSON object")
     return p.parse_args(argv)
 
@@ -616,6 +623,7 @@ class Burst:
     polls: int
     samples: dict[Any, float]
     backlog_peak: int
+    baseline_backlog_peak: int = 0
 
 
 def _burst(
@@ -628,6 +636,8 @@ def _burst(
     watch: ProcessWatch,
 ) -> Burst:
     """Publish everything from a forked process; poll until all is counted or counting stalls."""
+    from ingest_baseline import pubsub_backlogs
+
     goal = traffic.events if mode == "events" else sum(traffic.outcomes().values())
     base = _progress(base_samples, mode)
     receiver, sender = multiprocessing.Pipe(duplex=False)
@@ -642,6 +652,7 @@ def _burst(
         published: tuple[float, float, int] | None = None
         progress, changed_at, polls, backlog_peak, scraped = 0.0, time.time(), 0, 0, 0.0
         samples: dict[Any, float] = {}
+        baseline_peak = 0
         deadline = time.monotonic() + args.timeout
         while True:
             time.sleep(args.poll)
@@ -649,8 +660,9 @@ def _burst(
                 published = receiver.recv()
             if published is None and publisher.exitcode not in (None, 0):
                 raise RuntimeError(f"the publisher failed with exit code {publisher.exitcode}")
-            backlog = redis_backlog(client)
+            backlog, baseline_backlog = pubsub_backlogs(client)  # the exporter's, the baseline's
             backlog_peak = max(backlog_peak, backlog)
+            baseline_peak = max(baseline_peak, baseline_backlog)
             if (published is None or backlog) and time.monotonic() - scraped < args.scrape_every:
                 continue
             samples, scraped = scrape(metrics_url, timeout=30), time.monotonic()
@@ -670,21 +682,11 @@ def _burst(
         if publisher.is_alive():
             publisher.terminate()
         publisher.join(5)
-    return Burst(*published, progress, changed_at, polls, samples, backlog_peak)
+    return Burst(*published, progress, changed_at, polls, samples, backlog_peak, baseline_peak)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark once and return its figures."""
-
-    def say(message: str) -> None:
-        if not args.json:
-            print(message, file=sys.stderr, flush=True)
-
-    cpus = sorted(os.sched_getaffinity(0))
-    pinned = not args.no_pin and len(cpus) >= 2
-    exporter_cpus, other_cpus = ({cpus[0]}, set(cpus[1:])) if pinned else (set(cpus), set(cpus))
-    ready_path = args.ready_path or ("/readyz" if args.exporter_cmd == DEFAULT_CMD else "/metrics")
-
+def build_traffic(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Traffic, float]:
+    """The burst the flags ask for, and the seconds it took to build."""
     say(f"building traffic for {args.events} events ...")
     began = time.perf_counter()
     traffic = TrafficBuilder(
@@ -700,13 +702,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"built {traffic.events} events in {len(traffic.commands)} messages "
         f"({traffic.payload_bytes / 2**20:.1f} MiB) in {build_seconds:.1f} s"
     )
+    return traffic, build_seconds
+
+
+def _publish_all(port: int, commands: Sequence[bytes], batch: int) -> tuple[float, float, int]:
+    """Publish everything from a forked process; its first and last publish times, deliveries."""
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    publisher = multiprocessing.get_context("fork").Process(
+        target=_publisher, args=(port, commands, batch, sender), daemon=True
+    )
+    publisher.start()
+    sender.close()
+    try:
+        published: tuple[float, float, int] = receiver.recv()
+    except EOFError:
+        raise RuntimeError(f"the publisher failed with exit code {publisher.exitcode}") from None
+    finally:
+        publisher.join(5)
+    return published
+
+
+def run(args: argparse.Namespace, built: tuple[Traffic, float] | None = None) -> dict[str, Any]:
+    """Run the benchmark once (on ``built`` traffic and its build time, if given); its figures."""
+    from ingest_baseline import Baseline, figures, run_alone
+
+    def say(message: str) -> None:
+        if not args.json:
+            print(message, file=sys.stderr, flush=True)
+
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = not args.no_pin and len(cpus) >= 2
+    exporter_cpus, other_cpus = ({cpus[0]}, set(cpus[1:])) if pinned else (set(cpus), set(cpus))
+    ready_path = args.ready_path or ("/readyz" if args.exporter_cmd == DEFAULT_CMD else "/metrics")
+
+    traffic, build_seconds = built or build_traffic(args, say)
 
     limit = [] if args.redis_default_limit else ["--client-output-buffer-limit", "pubsub 0 0 0"]
     with contextlib.ExitStack() as stack:
         log_file = stack.enter_context(tempfile.TemporaryFile())
+        stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))  # for the next run
         os.sched_setaffinity(0, other_cpus)  # Redis, the publisher and this process
         server = stack.enter_context(RedisServer(extra_args=limit))
         client = stack.enter_context(redis.Redis(host=HOST, port=server.port))
+        baseline_result = None
+        if args.baseline == "first":
+            say("baseline consumer alone on the exporter's core; publishing ...")
+            report, b_cpu, b_first = run_alone(
+                server.url(0),
+                exporter_cpus,
+                lambda: _publish_all(server.port, traffic.commands, args.batch),
+                traffic.events,
+                args.stall,
+            )
+            baseline_result = figures("first", report, b_cpu, b_first, traffic.expected, None)
+            wait_for(
+                lambda: not (client.pubsub_numpat() or client.pubsub_channels()),
+                timeout=10,
+                what="the baseline's unsubscription",
+            )
         port = free_port()
         metrics_url = f"http://{HOST}:{port}/metrics"
         exporter = start_exporter(
@@ -717,7 +770,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log_file,
             exporter_cpus,
         )
-        say(f"exporter pid {exporter.pid} ready on port {port}; publishing ...")
+        say(f"exporter pid {exporter.pid} ready on port {port}")
+        baseline = None
+        if args.baseline == "together":
+            baseline = Baseline(server.url(0), exporter_cpus)
+            stack.callback(baseline.stop)
+            say(f"baseline consumer pid {baseline.pid} subscribed beside it")
+        say("publishing ...")
         mode = args.progress
         if mode == "auto":
             mode = "events" if EVENTS_TOTAL.encode() in fetch(metrics_url)[1] else "outcomes"
@@ -725,18 +784,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         watch = ProcessWatch(exporter.pid)
         stack.callback(watch.stop)
+        b_before = baseline.report()["cpu_seconds"] if baseline else 0.0
         cpu_before = watch.cpu_seconds()
         burst = _burst(args, traffic, client, metrics_url, mode, base, watch)
         cpu_seconds = watch.cpu_seconds() - cpu_before
+        if baseline is not None:
+            report = baseline.wait_for(traffic.events, args.stall)
+            baseline_result = figures(
+                "together",
+                report,
+                report["cpu_seconds"] - b_before,
+                burst.first_publish,
+                traffic.expected,
+                burst.baseline_backlog_peak,
+            )
         if exporter.poll() is not None:
             raise RuntimeError(f"the exporter exited with {exporter.returncode} during the run")
 
         scrape_ms: list[float] = []
         scrape_bytes = 0
+        scrape_cpu = watch.cpu_seconds()
         for _ in range(args.scrapes):
             began = time.perf_counter()
             scrape_bytes = len(fetch(metrics_url, timeout=30)[1])
             scrape_ms.append((time.perf_counter() - began) * 1000)
+        scrape_cpu = watch.cpu_seconds() - scrape_cpu
         watch.stop()
         final = scrape(metrics_url)
         vmhwm = watch.vmhwm()
@@ -803,7 +875,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "reconnects": int(total(final, "celery_exporter_reconnects_total")),
         "redis_backlog_peak_mb": mb(burst.backlog_peak),
         "redis_used_memory_peak_mb": mb(float(redis_peak)),
+        "scrape_cpu_ms": round(scrape_cpu * 1000 / len(scrape_ms), 2) if scrape_ms else None,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+    if baseline_result is not None:
+        result["baseline"] = baseline_result
+        theirs = baseline_result["us_per_event"]
+        result["ratio"] = round(cpu_seconds * 1e6 / done / theirs, 3) if done and theirs else None
     if not complete:
         result["exporter_log_tail"] = log_tail
     return result
@@ -843,10 +921,55 @@ def _print(r: Mapping[str, Any]) -> None:
         ("redis", f"peak memory {f('redis_used_memory_peak_mb', ' MB')}, backlog for the "
                   f"exporter {f('redis_backlog_peak_mb', ' MB')} at most"),
     ]  # fmt: skip
+    rows.append(("scrape CPU", f"{f('scrape_cpu_ms', ' ms')} per scrape, so about "
+                  f"{r['progress_scrapes'] * (r['scrape_cpu_ms'] or 0):.0f} ms in the exporter CPU "
+                  f"above; load average {r['load_average']}"))  # fmt: skip
+    b = r.get("baseline")
+    if b is not None:
+        lost = r["lost_by_type"] or {}
+        rows += [
+            ("baseline", f"{b['mode']}: {b['cpu_seconds']} s CPU, {b['events_counted']:,} events "
+                         f"counted ({b['events_per_s'] or 0:,} events/s), {b['kib_per_read']} KiB "
+                         f"per read, backlog {b['redis_backlog_peak_mb']} MB at most"),
+            ("lost", f"exporter {sum(lost.values())} {_nonzero(lost)}, baseline {b['lost']} "
+                     f"{_nonzero(b['lost_by_type'])} (malformed {b['malformed']})"),
+            ("CPU per event", f"exporter {f('cpu_ms_per_1000_events', ' µs')}, baseline "
+                              f"{b['us_per_event']} µs"),
+            ("exporter / baseline", f"{r['ratio']}"),
+        ]  # fmt: skip
     for label, text in rows:
         print(f"{label:>22}: {text}")
     for line in r.get("exporter_log_tail", []):
         print(f"{'exporter log':>22}: {line}")
+
+
+def _nonzero(lost: Mapping[str, int]) -> str:
+    return json.dumps({k: v for k, v in lost.items() if v}) if any(lost.values()) else ""
+
+
+def summary(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Medians over repeated runs: exporter and baseline CPU per event, and their ratio."""
+
+    def median(values: Sequence[float | None]) -> float | None:
+        got = [v for v in values if v is not None]
+        return round(statistics.median(got), 3) if got else None
+
+    baselines = [r["baseline"] for r in results if "baseline" in r]
+    return {
+        "runs": len(results),
+        "exporter_us_per_event": [r["cpu_ms_per_1000_events"] for r in results],
+        "baseline_us_per_event": [b["us_per_event"] for b in baselines],
+        "ratios": [r.get("ratio") for r in results],
+        "median_exporter_us_per_event": median([r["cpu_ms_per_1000_events"] for r in results]),
+        "median_baseline_us_per_event": median([b["us_per_event"] for b in baselines]),
+        "median_ratio": median([r.get("ratio") for r in results]),
+        "peak_rss_mb": [r["peak_rss_mb"] for r in results],
+        "scrape_median_ms": [r["scrape_median_ms"] for r in results],
+        "all_counted": all(
+            r["complete"] and not sum((r["lost_by_type"] or {}).values()) for r in results
+        )
+        and all(b["lost"] == 0 for b in baselines),
+    }
 
 
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -857,17 +980,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its figures; exit 1 when events were lost."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, on_sigterm)
+    results: list[dict[str, Any]] = []
     try:
-        result = run(args)
+        built = build_traffic(args, lambda m: None if args.json else print(m, file=sys.stderr))
+        for n in range(args.repeat):
+            result = run(args, built)
+            results.append(result)
+            if not args.json:
+                if args.repeat > 1:
+                    print(f"-- run {n + 1} of {args.repeat}")
+                _print(result)
+                sys.stdout.flush()
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130
-    if args.json:
-        print(json.dumps(result))
-    else:
-        sys.stdout.flush()
-        _print(result)
-    return 0 if result["complete"] else 1
+    if args.repeat > 1:
+        medians = summary(results)
+        if args.json:
+            print(json.dumps({**medians, "results": results}))
+        else:
+            print(f"-- {args.repeat} runs")
+            for key, got in medians.items():
+                print(f"{key:>30}: {got}")
+    elif args.json:
+        print(json.dumps(results[0]))
+    complete = all(r["complete"] for r in results)
+    return 0 if complete and all(r.get("baseline", {}).get("lost", 0) == 0 for r in results) else 1
 
 
 if __name__ == "__main__":
