@@ -3,135 +3,41 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 import structlog
 
-from celery_exporter.events.envelope import decode_envelope, encode_envelope
+from celery_exporter.events.envelope import decode_envelope
 from celery_exporter.state import ClusterState, Settings, Snapshot, WorkerQueues
 from celery_exporter.state.handlers import TaskHandlers
-from tests.support import ManualClock
-
-T0 = 1_700_000_000.0
-W1 = "celery@w1"
-W2 = "celery@w2"
-PRODUCER = "gen4242@api-1"
-ADD = ("app.add", "celery")
-HARD_LIMIT_TRACEBACK = (
-    "Traceback (most recent call last):\n"
-    '  File "/venv/lib/python3.11/site-packages/billiard/pool.py", line 684, in on_hard_timeout\n'
-    "    raise TimeLimitExceeded(job._timeout)\n"
-    "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n"
+from tests.support.clock import ManualClock
+from tests.support.events import (
+    HARD_LIMIT_TRACEBACK,
+    PRODUCER,
+    T0,
+    W1,
+    W2,
+    encode_envelope,
+    failed,
+    heartbeat,
+    iso,
+    received,
+    rejected,
+    retried,
+    revoked,
+    sent,
+    started,
+    succeeded,
+    worker_event,
 )
+
+ADD = ("app.add", "celery")
 
 
 def make(**settings: Any) -> tuple[ClusterState, ManualClock]:
     clock = ManualClock(T0)
     return ClusterState(Settings(**settings), clock=clock), clock
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
-
-
-# -- events as Celery 5.7 sends them ------------------------------------------------------------
-
-
-def sent(
-    uuid: str, name: str = "app.add", queue: str | None = "celery", at: float = T0, eta: Any = None
-) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "type": "task-sent", "uuid": uuid, "root_id": uuid, "parent_id": None, "name": name,
-        "args": "(1, 2)", "kwargs": "{}", "retries": 0, "eta": eta, "expires": None,
-        "exchange": "", "routing_key": queue or "celery", "hostname": PRODUCER,
-        "timestamp": at, "utcoffset": 0, "pid": 4242, "clock": 1,
-    }  # fmt: skip
-    if queue is not None:
-        event["queue"] = queue
-    return event
-
-
-def received(
-    uuid: str,
-    name: str = "app.add",
-    host: str = W1,
-    at: float = T0,
-    eta: Any = None,
-    retries: int = 0,
-) -> dict[str, Any]:
-    return {
-        "type": "task-received", "uuid": uuid, "name": name, "args": "(1, 2)", "kwargs": "{}",
-        "root_id": uuid, "parent_id": None, "retries": retries, "eta": eta, "expires": None,
-        "hostname": host, "timestamp": at, "utcoffset": 0, "pid": 100, "clock": 2,
-    }  # fmt: skip
-
-
-def started(uuid: str, host: str = W1, at: float = T0) -> dict[str, Any]:
-    return {
-        "type": "task-started", "uuid": uuid, "hostname": host, "timestamp": at,
-        "utcoffset": 0, "pid": 101, "clock": 3,
-    }  # fmt: skip
-
-
-def succeeded(uuid: str, runtime: Any, host: str = W1, at: float = T0) -> dict[str, Any]:
-    return {
-        "type": "task-succeeded", "uuid": uuid, "result": "3", "runtime": runtime,
-        "hostname": host, "timestamp": at, "utcoffset": 0, "pid": 101, "clock": 4,
-    }  # fmt: skip
-
-
-def failed(
-    uuid: str, exception: str, traceback: str = "", host: str = W1, at: float = T0
-) -> dict[str, Any]:
-    return {
-        "type": "task-failed", "uuid": uuid, "exception": exception,
-        "traceback": traceback or f"Traceback (most recent call last):\n  ...\n{exception}\n",
-        "hostname": host, "timestamp": at, "utcoffset": 0, "pid": 101, "clock": 4,
-    }  # fmt: skip
-
-
-def retried(uuid: str, exception: str, host: str = W1, at: float = T0) -> dict[str, Any]:
-    return {
-        "type": "task-retried", "uuid": uuid, "exception": exception,
-        "traceback": f"Traceback (most recent call last):\n  ...\n{exception}\n",
-        "hostname": host, "timestamp": at, "utcoffset": 0, "pid": 101, "clock": 4,
-    }  # fmt: skip
-
-
-def revoked(uuid: str, host: str = W1, at: float = T0) -> dict[str, Any]:
-    return {
-        "type": "task-revoked", "uuid": uuid, "terminated": True, "signum": 15,
-        "expired": False, "hostname": host, "timestamp": at, "utcoffset": 0, "pid": 100,
-        "clock": 5,
-    }  # fmt: skip
-
-
-def rejected(uuid: str, requeue: bool, host: str = W1, at: float = T0) -> dict[str, Any]:
-    return {
-        "type": "task-rejected", "uuid": uuid, "requeue": requeue, "hostname": host,
-        "timestamp": at, "utcoffset": 0, "pid": 100, "clock": 6,
-    }  # fmt: skip
-
-
-def heartbeat(
-    host: str = W1, freq: Any = 2.0, active: Any = 0, processed: Any = 0, **extra: Any
-) -> dict[str, Any]:
-    event = {
-        "type": "worker-heartbeat", "hostname": host, "freq": freq, "active": active,
-        "processed": processed, "loadavg": [0.5, 0.25, 0.1], "sw_ident": "py-celery",
-        "sw_ver": "5.7.0", "sw_sys": "Linux", "timestamp": T0, "utcoffset": 0, "pid": 99,
-        "clock": 7,
-    }  # fmt: skip
-    event.update(extra)
-    return event
-
-
-def worker_event(kind: str, host: str = W1, freq: float = 2.0) -> dict[str, Any]:
-    event = heartbeat(host, freq)
-    event["type"] = f"worker-{kind}"
-    return event
 
 
 def counts(snap: Snapshot, kind: str) -> dict[tuple[str, ...], int]:
