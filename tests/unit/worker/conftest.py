@@ -10,7 +10,7 @@ from celery import signals
 from celery_exporter.worker import WorkerExporter, install
 from tests.support.launchers import free_port
 from tests.support.signals import SignalPool, SignalWorker
-from tests.unit.worker.helpers import HOST, App
+from tests.support.worker import HOST, App
 
 
 @pytest.fixture

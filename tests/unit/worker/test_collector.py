@@ -13,7 +13,7 @@ from celery_exporter.worker import WorkerCollector, WorkerExporter, install
 from tests.support.launchers import free_port
 from tests.support.scrape import value
 from tests.support.signals import SignalWorker
-from tests.unit.worker.helpers import HOST, App, samples
+from tests.support.worker import HOST, App, samples
 
 
 class Autoscaler:

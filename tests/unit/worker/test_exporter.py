@@ -12,7 +12,7 @@ from celery_exporter.worker import DEFAULT_PORT, WorkerExporter, install
 from tests.support.launchers import free_port
 from tests.support.scrape import value
 from tests.support.signals import SignalWorker
-from tests.unit.worker.helpers import HOST, App, samples
+from tests.support.worker import HOST, App, samples
 
 
 def test_default_port_is_the_worker_side_port() -> None:

@@ -12,7 +12,7 @@ from celery_exporter.worker import WorkerExporter
 from celery_exporter.worker.ipc import Inbox, Outbox
 from tests.support.scrape import value
 from tests.support.waiting import wait_for
-from tests.unit.worker.helpers import HOST, QUEUE, run, samples
+from tests.support.worker import HOST, QUEUE, run, samples
 
 
 def test_pool_process_events_reach_the_main_process(exporter: WorkerExporter) -> None:

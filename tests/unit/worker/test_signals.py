@@ -16,7 +16,7 @@ from tests.support.signals import SignalContext as Context
 from tests.support.signals import SignalRequest, SignalWorker
 from tests.support.signals import SignalTask as Task
 from tests.support.waiting import wait_for
-from tests.unit.worker.helpers import HOST, QUEUE, App, run, samples
+from tests.support.worker import HOST, QUEUE, App, run, samples
 
 
 class BrokenRequest:
