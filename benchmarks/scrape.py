@@ -107,8 +107,9 @@ def main() -> None:
 
     def collectors_failing() -> bool:
         body = urllib.request.urlopen(url, timeout=10).read().decode()
-        return body.count("celery_exporter_collector_success{collector=") == 2 and (
+        return (
             'collector_success{collector="queues"} 0.0' in body
+            and 'collector_success{collector="inspect"} 0.0' in body
         )
 
     wait_for(collectors_failing, 60, 0.2, "the collectors to report failure")
