@@ -197,12 +197,27 @@ class EventConsumer:
         try:
             pending = subscription.open()
             self._connected("redis pub/sub")
-            self._ingest_envelopes(pending)
-            while not stop.is_set():
-                self._tick()
-                self._ingest_envelopes(subscription.read(POLL_SECONDS))
+            self._follow(subscription, pending, stop)
         finally:
             subscription.close()
+
+    def _follow(
+        self,
+        subscription: redis_pubsub.EventSubscription,
+        pending: list[bytes],
+        stop: threading.Event,
+    ) -> None:
+        """Ingest every read's messages; the timers run at most once per ``POLL_SECONDS``."""
+        self._ingest_envelopes(pending)
+        next_tick = self.monotonic()
+        while not stop.is_set():
+            # A read can return a single message when the stream is slow: the timers (and the
+            # silence check's pass over the state) are not worth doing that often.
+            now = self.monotonic()
+            if now >= next_tick:
+                next_tick = now + POLL_SECONDS
+                self._tick()
+            self._ingest_envelopes(subscription.read(POLL_SECONDS))
 
     def _ingest_envelopes(self, payloads: list[bytes]) -> None:
         if not payloads:

@@ -91,9 +91,12 @@ def pack(*args: str | bytes) -> bytes:
 class EventSubscription:
     """One subscribed connection; :meth:`read` returns the message payloads that have arrived."""
 
-    def __init__(self, where: RedisTarget, timeout: float = 5.0) -> None:
+    def __init__(
+        self, where: RedisTarget, timeout: float = 5.0, read_size: int = READ_SIZE
+    ) -> None:
         self.where = where
         self.timeout = timeout
+        self.read_size = read_size
         self.reader = hiredis.Reader()
         self.sock: socket.socket | None = None
 
@@ -144,18 +147,22 @@ class EventSubscription:
     def read(self, timeout: float) -> list[bytes]:
         """Wait up to ``timeout`` for data; return the complete messages' payloads."""
         assert self.sock is not None
-        self.sock.settimeout(timeout)
+        if self.sock.gettimeout() != timeout:
+            self.sock.settimeout(timeout)  # a system call each time, even to the same value
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = self.sock.recv(self.read_size)
         except TimeoutError:
             return []
         if not data:
             raise StreamClosed("Redis closed the event subscription")
         self.reader.feed(data)
-        payloads = []
+        payloads: list[bytes] = []
         gets = self.reader.gets
         while (reply := gets()) is not False:
-            if (payload := _payload(reply)) is not None:
+            # Nearly every reply is a message matched by the pattern: take its data inline.
+            if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
+                payloads.append(reply[3])
+            elif (payload := _payload(reply)) is not None:
                 payloads.append(payload)
         return payloads
 
