@@ -1,6 +1,6 @@
 """What the event stream says about tasks and workers, kept as plain counters.
 
-``cluster`` is the facade (lock, dispatch, snapshot, purge); ``handlers`` moves tasks through
+``cluster`` is the facade (lock, dispatch, snapshot, purge); ``handlers`` and ``book`` move tasks through
 their life; ``tasks``, ``workers`` and ``series`` are the tables; ``labels`` bounds label
 values; ``settings`` holds the choices; ``worker_queues`` is what the inspect collector learned.
 """

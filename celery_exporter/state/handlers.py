@@ -10,19 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..events.decode import TaskEvent
-from .labels import LabelCap
-from .series import LabelKey, TaskSeries
+from .book import TaskBook
+from .series import TaskSeries
 from .settings import Settings
-from .tasks import PENDING, RECEIVED, STARTED, Task, TaskTable
+from .tasks import RECEIVED, STARTED, Task, TaskTable
 from .worker_queues import WorkerQueues
-from .workers import Worker, WorkerTable
+from .workers import WorkerTable
 
 #: Exception classes that mark a task killed by its time limit, and the ``kind`` they count as.
 TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
 
 
-class TaskHandlers:
-    """The task event handlers, over the tables they update."""
+class TaskHandlers(TaskBook):
+    """The task event handlers: what each event type counts, over :class:`TaskBook`."""
 
     def __init__(
         self,
@@ -32,21 +32,7 @@ class TaskHandlers:
         series: TaskSeries,
         worker_queues: WorkerQueues,
     ) -> None:
-        self.settings = settings
-        self.tasks = tasks
-        self.workers = workers
-        self.series = series
-        self.worker_queues = worker_queues
-        self.names = LabelCap(settings.max_task_names)
-        self.exceptions = LabelCap(settings.max_exceptions)
-        self.queues = LabelCap(settings.max_queues)
-        self.with_host = settings.worker_label
-        # The dicts and sets the hot path reads directly (each owner replaces none of them).
-        self._inflight = tasks.tasks
-        self._workers = workers.workers
-        self._hosts_seen = workers.hostnames.seen
-        self._names_seen = self.names.seen
-        self._counters = series.counters
+        super().__init__(settings, tasks, workers, series, worker_queues)
         self.table: dict[str, Callable[[TaskEvent, float], None]] = {
             "task-sent": self.sent,
             "task-received": self.received,
@@ -174,7 +160,7 @@ class TaskHandlers:
         """A task that raised Ignore (the in-worker exporter's): retired, counted nowhere."""
         self._finish(event, now)
 
-    # -- bookkeeping ----------------------------------------------------------------------------
+    # -- late task-sent ---------------------------------------------------------------------
 
     def _late_sent(self, task: Task, sent: float, eta: float | None, queue: str | None) -> None:
         """Count a task-sent that arrived after its task started; it still tells the queue."""
@@ -188,135 +174,6 @@ class TaskHandlers:
             ready = sent if eta is None or eta < sent else eta
             wait = max(task.started - ready, 0.0)
             self.series.observe_queue_wait(self._key(task, task.host), wait)
-
-    def _worker(self, event: TaskEvent, now: float) -> tuple[str, Worker]:
-        """The event's worker, capped, noted as seen now (see :meth:`WorkerTable.seen`)."""
-        host = event["hostname"]
-        if host not in self._hosts_seen:
-            host = self.workers.hostnames(host)
-        worker = self._workers.get(host)
-        if worker is not None and worker.online:
-            worker.last_seen = now
-            worker.offline_since = None
-            return host, worker
-        return host, self.workers.seen(host, now)
-
-    def _arrive(self, event: TaskEvent, now: float) -> tuple[Task, Worker]:
-        """Find, or start tracking, the task a worker's received or started event is about."""
-        host, worker = self._worker(event, now)
-        uuid = event["uuid"]
-        task = self._inflight.get(uuid)
-        if task is None:
-            name = event["name"]
-            if name not in self._names_seen:
-                name = self.names(name)
-            task = self._track(uuid, name, self._queue_for(event, host))
-        elif task.step:
-            self.leave_step(task)
-        task.host = host
-        return task, worker
-
-    def _queue_for(self, event: TaskEvent, host: str) -> str:
-        """The queue an event names (the in-worker exporter's do), else its worker's only one."""
-        if event.get("queue"):
-            return self.queues(event.get("queue"))
-        queues = self.worker_queues.of(host)
-        if queues is not None and len(queues) == 1:
-            return self.queues(queues[0])
-        return self.queues(self.settings.default_queue)
-
-    def _key(self, task: Task, host: str) -> LabelKey:
-        """The task labels: name, queue and, with worker_label, the worker."""
-        if self.with_host:
-            return (task.name, task.queue, host)
-        return (task.name, task.queue)
-
-    def _count(self, kind: str, task: Task, host: str, *extra: str) -> LabelKey:
-        key = task.key = (
-            (task.name, task.queue, host) if self.with_host else (task.name, task.queue)
-        )
-        counter = self._counters[kind]
-        ckey = (*key, *extra) if extra else key
-        counter[ckey] = counter.get(ckey, 0) + 1
-        return key
-
-    def _track(self, uuid: str, name: str, queue: str) -> Task:
-        task, evicted = self.tasks.track(uuid, name, queue)
-        if evicted is not None:
-            self.leave_step(evicted)
-        return task
-
-    def leave_step(self, task: Task) -> None:
-        """Undo what the task's current step adds to the worker and running gauges."""
-        if task.step == PENDING:
-            return
-        worker = self.workers.workers.get(task.host)
-        if task.step == RECEIVED:
-            if worker is not None and worker.reserved > 0:
-                worker.reserved -= 1
-        else:
-            if worker is not None and worker.busy > 0:
-                worker.busy -= 1
-            self.series.stop(task.key, task.uuid)
-        task.step = PENDING
-
-    def _finish(self, event: TaskEvent, now: float) -> Task | None:
-        """Retire a task on a final event; None when this event repeats one already counted."""
-        uuid = event["uuid"]
-        host = self._worker(event, now)[0]
-        task = self._inflight.pop(uuid, None)
-        if task is None:
-            repeat, task = self.tasks.finished_task(uuid, event["type"])
-            if repeat:
-                return None
-            if task is not None:
-                return task
-            task = Task(uuid, self.names(event["name"]), self._queue_for(event, host))
-        elif task.step:
-            self.leave_step(task)
-        task.host = host
-        self.tasks.remember(uuid, event["type"], task)
-        return task
-
-    def _requeue(self, event: TaskEvent, now: float) -> Task:
-        """Put a task back to waiting (retried, requeued, cancelled): it keeps its labels.
-
-        A retry publishes its new message (and task-sent) before task-retried, so the new
-        task-sent or task-received may already be in: what came after the last start is kept.
-        """
-        host = self.workers.hostnames(event["hostname"])
-        self.workers.seen(host, now)
-        task = self.tasks.get(event["uuid"])
-        if task is None:
-            task = self._track(
-                event["uuid"], self.names(event["name"]), self._queue_for(event, host)
-            )
-            task.host = host
-            return task
-        last_start = task.started
-        if last_start is None or task.received is None or task.received <= last_start:
-            self.leave_step(task)
-            task.received = None
-            task.host = host
-        if last_start is None or task.sent is None or task.sent <= last_start:
-            task.sent = None
-        if task.sent is None and task.received is None:
-            task.eta = None
-        task.started = None
-        return task
-
-    def release_tasks_of(self, host: str) -> None:
-        """Take a worker's tasks off its gauges when it leaves or restarts.
-
-        The tasks stay tracked, so the final events a worker in warm shutdown sends after
-        worker-offline still find their names; tasks that never finish age out of the table.
-        """
-        for task in self.tasks.tasks.values():
-            if task.step and task.host == host:
-                self.leave_step(task)
-        worker = self.workers.workers.get(host)
-        if worker is not None:
-            worker.busy = worker.reserved = 0
 
 
 def _duration(value: float) -> float | None:
