@@ -1,15 +1,16 @@
-"""The Redis fast path's read loop: replies off a real socket into payloads, and the consumer's timers."""
+"""The Redis fast path's read loop: replies off a real socket, the timers, and batches applied."""
 
 from __future__ import annotations
 
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from celery_exporter.broker import Broker
-from celery_exporter.events.consumer import POLL_SECONDS, EventConsumer
+from celery_exporter.events.consumer import APPLY_EVERY, POLL_SECONDS, EventConsumer
 from celery_exporter.events.redis_pubsub import EventSubscription, RedisTarget, StreamClosed, pack
 from celery_exporter.state import ClusterState
 from celery_exporter.web.health import Health
@@ -131,3 +132,37 @@ def test_follow_runs_timers_at_most_once_per_poll_interval(
     reads = -(-len(data) // read_size) + 1  # the last one finds the connection closed
     assert len(ticks) == (1 if step < POLL_SECONDS else reads)
     assert state.snapshot().counters["succeeded"] == {("app.add", "celery"): 20}
+
+
+def test_ingest_applies_a_read_a_few_messages_at_a_time_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read's messages are applied APPLY_EVERY at a time, in order, garbage counted between."""
+    state = ClusterState()
+    consumer = EventConsumer(Broker("redis://127.0.0.1:1/0"), state, Health(), enable_events=False)
+    batches: list[list[str]] = []
+    apply = state.handle_batch
+
+    def handle_batch(events: list[dict[str, Any]]) -> None:
+        batches.append([event["type"] for event in events])
+        apply(events)
+
+    monkeypatch.setattr(state, "handle_batch", handle_batch)
+    payloads = [
+        encode_envelope(event, routing_key="task")
+        for i in range(20)
+        for event in (received(f"task-{i}"), started(f"task-{i}"), succeeded(f"task-{i}", 0.5))
+    ]
+    payloads.insert(APPLY_EVERY - 1, b"not json")
+    consumer._ingest_envelopes(payloads)
+    kinds = ["task-received", "task-started", "task-succeeded"] * 20
+    assert batches == [
+        kinds[: APPLY_EVERY - 1],
+        kinds[APPLY_EVERY - 1 : 2 * APPLY_EVERY - 1],
+        kinds[2 * APPLY_EVERY - 1 : 3 * APPLY_EVERY - 1],
+        kinds[3 * APPLY_EVERY - 1 :],
+    ]
+    snap = state.snapshot()
+    assert snap.malformed == {"envelope": 1}
+    assert snap.counters["succeeded"] == {("app.add", "celery"): 20}
+    assert snap.tracked_tasks == 0
