@@ -7,6 +7,10 @@ until the exporter has counted every event or stops counting. Then it reports th
 exporter's CPU per event, its peak memory, the cost of a scrape, and the events lost.
 
     .venv/bin/python benchmarks/ingest.py --events 200000 [--json]
+    .venv/bin/python benchmarks/ingest.py --events 200000 --baseline --repeat 5
+
+``--baseline`` gives the same burst to the minimal consumer of ingest_baseline.py, on the
+exporter's core, and prints both CPU costs per event and their ratio.
 
 Nothing here asserts a timing: benchmarks/README.md has the figures and the targets.
 """
