@@ -2,7 +2,7 @@
 
 The consumer binds a private, auto-deleted queue to the event exchange (a fanout pub/sub
 subscription on Redis, a topic binding on RabbitMQ), hands each message body to
-:mod:`celery_exporter.wire`, and feeds the events to :class:`~celery_exporter.state.ClusterState`.
+:mod:`celery_exporter.events.envelope`, and feeds the events to :class:`~celery_exporter.state.ClusterState`.
 While connected it also broadcasts ``enable_events`` to the workers every
 ``--enable-events-interval`` and warns when workers run tasks without sending task events.
 """
@@ -88,7 +88,7 @@ class EventConsumer:
     """Consumes the event stream into a :class:`ClusterState` until stopped.
 
     ``redis://`` and ``rediss://`` brokers are read straight from pub/sub
-    (:mod:`celery_exporter.redis_stream`); every other transport goes through kombu.
+    (:mod:`celery_exporter.events.redis_pubsub`); every other transport goes through kombu.
     """
 
     def __init__(

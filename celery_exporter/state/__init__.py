@@ -1,8 +1,9 @@
 """What the event stream says about tasks and workers, kept as plain counters.
 
-``cluster`` is the facade (lock, dispatch, snapshot, purge); ``handlers`` and ``book`` move tasks through
-their life; ``tasks``, ``workers`` and ``series`` are the tables; ``labels`` bounds label
-values; ``settings`` holds the choices; ``worker_queues`` is what the inspect collector learned.
+``cluster`` is the facade (lock, dispatch, snapshot, purge); ``handlers`` and ``book`` move
+tasks through their life; ``tasks``, ``workers`` and ``series`` are the tables; ``labels``
+bounds label values; ``settings`` holds the choices; ``worker_queues`` is what the inspect
+collector learned.
 """
 
 from ..events.fields import UNKNOWN
