@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from ..events.envelope import MALFORMED_REASONS
 from ..state import TASK_COUNTERS, ClusterState, Histogram, LabelKey, Snapshot
 from .base import Family, describe
 
@@ -269,7 +270,9 @@ def event_self_families(snap: Snapshot) -> Iterator[Metric]:
         events.add_metric([etype], count)
     yield events
     malformed = EVENTS_MALFORMED.counter()
-    for reason, count in sorted(snap.malformed.items()):
+    # Every known reason starts at 0, so a healthy cluster shows a flat line, not "No data".
+    counts = dict.fromkeys(MALFORMED_REASONS, 0) | snap.malformed
+    for reason, count in sorted(counts.items()):
         malformed.add_metric([reason], count)
     yield malformed
     yield EVENTS_DUPLICATE.value(snap.duplicates)

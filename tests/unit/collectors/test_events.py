@@ -289,6 +289,11 @@ def test_empty_state_renders_families_without_samples() -> None:
         ("celery_exporter_label_overflow_total", frozenset({("label", "exception")})): 0.0,
         ("celery_exporter_label_overflow_total", frozenset({("label", "queue_name")})): 0.0,
         ("celery_exporter_label_overflow_total", frozenset({("label", "hostname")})): 0.0,
+        ("celery_exporter_events_malformed_total", frozenset({("reason", "envelope")})): 0.0,
+        ("celery_exporter_events_malformed_total", frozenset({("reason", "content_type")})): 0.0,
+        ("celery_exporter_events_malformed_total", frozenset({("reason", "encoding")})): 0.0,
+        ("celery_exporter_events_malformed_total", frozenset({("reason", "json")})): 0.0,
+        ("celery_exporter_events_malformed_total", frozenset({("reason", "schema")})): 0.0,
     }
 
 
