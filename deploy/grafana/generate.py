@@ -218,8 +218,12 @@ def timeseries(
     stack: bool = False,
     step: bool = False,
     links: Sequence[Json] = (),
+    no_value: str = "",
 ) -> Json:
-    """A time series panel; `step` draws gauges that jump (up/down) as steps."""
+    """A time series panel; `step` draws gauges that jump (up/down) as steps.
+
+    `no_value` is what the panel says instead of "No data" when that is normal.
+    """
     panel = _panel("timeseries", title, description, width, height, links)
     panel["fieldConfig"] = {
         "defaults": {
@@ -238,6 +242,8 @@ def timeseries(
         },
         "overrides": [],
     }
+    if no_value:
+        panel["fieldConfig"]["defaults"]["noValue"] = no_value
     panel["options"] = {
         "legend": {"calcs": [], "displayMode": "list", "placement": "bottom", "showLegend": True},
         "tooltip": {"mode": "multi", "sort": "desc"},
@@ -255,6 +261,9 @@ def _thresholds(steps: Sequence[tuple[float | None, str]]) -> Json:
 
 
 OK_WHEN_ZERO = ((None, "green"), (1, "red"))
+#: What a panel fed only by the in-worker exporter says when none runs (event daemon, sidecar).
+NEEDS_WORKER_EXPORTER = "no in-worker exporter scraped"
+
 OK_WHEN_POSITIVE = ((None, "red"), (1, "green"))
 NEUTRAL = ((None, "blue"),)
 
@@ -1037,6 +1046,7 @@ def workers() -> Json:
                 )
             ],
             "none",
+            no_value=NEEDS_WORKER_EXPORTER,
         ),
         timeseries(
             "Disk I/O",
@@ -1132,14 +1142,17 @@ def queues() -> Json:
         ),
         timeseries(
             "Oldest waiting message",
-            "Age of the oldest message still waiting (Redis, with task_send_sent_event).",
+            "Age of the oldest message still waiting (Redis, with task_send_sent_event); 0 for "
+            "an empty queue.",
             [
                 Target(
-                    age("celery_queue_oldest_message_sent_timestamp_seconds", "queue_name"),
+                    f"({age('celery_queue_oldest_message_sent_timestamp_seconds', 'queue_name')}) "
+                    f"or ({gauge('celery_queue_length', 'queue_name')} == 0)",
                     "{{queue_name}}",
                 )
             ],
             "s",
+            no_value="no waiting message with a known send time",
         ),
         timeseries(
             "Sent vs received",
@@ -1338,6 +1351,7 @@ def exporter() -> Json:
             ],
             "none",
             width=8,
+            no_value=NEEDS_WORKER_EXPORTER,
         ),
         timeseries(
             "Targets up",
