@@ -1,12 +1,18 @@
 """The HTTP endpoints: ``/`` landing page, ``/metrics``, ``/healthz`` and ``/readyz``.
 
 A scrape only renders what the collectors already hold; nothing here talks to the broker.
+Slow and idle clients are bounded as :mod:`.limits` describes (a deadline for each request's
+head, an idle timeout between keep-alive requests, a cap on connections that makes room by
+closing the oldest one waiting, a size limit on heads); the TLS handshake has
+:data:`HANDSHAKE_TIMEOUT`. Options read: none (the caller passes host, port and the
+``--web.config.file`` watcher).
 """
 
 from __future__ import annotations
 
 import gzip
 import html
+import io
 import socket
 import ssl
 import threading
@@ -20,6 +26,7 @@ from prometheus_client.registry import CollectorRegistry
 from ..log import get_logger
 from . import exposition
 from .health import HealthView
+from .limits import BUSY, WAITING, Connection, Connections, HeadReader, Limits
 from .webconfig import WebConfig, WebConfigWatcher
 
 log = get_logger(__name__)
@@ -27,6 +34,9 @@ TEXT = exposition.CONTENT_TYPE
 
 #: Longest a client may take over its TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
+#: Connections the kernel queues before the server accepts them.
+ACCEPT_BACKLOG = 128
+
 _NO_WEB_CONFIG = WebConfig()
 
 _LANDING = """<!doctype html>
@@ -58,6 +68,7 @@ class MetricsServer:
         about: str = "Prometheus exporter for Celery.",
         web: WebConfigWatcher | None = None,
         healthz_open: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
         self._render_lock = threading.Lock()
@@ -66,10 +77,12 @@ class MetricsServer:
         self.about = about
         self.web = web
         self.healthz_open = healthz_open
+        self.limits = limits or Limits()
         handler = _handler_for(self)
         server_class = _IPv6Server if ":" in host else _Server
         self.httpd = server_class((host, port), handler)
         self.httpd.web = web
+        self.httpd.connections = Connections(self.limits.max_connections)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -78,15 +91,26 @@ class MetricsServer:
         """The port actually bound."""
         return int(self.httpd.server_address[1])
 
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Connections cut off so far, by reason."""
+        return self.httpd.connections.counts()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections held now."""
+        return len(self.httpd.connections)
+
     def start(self) -> None:
         """Serve requests on a daemon thread."""
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving, close the socket and every connection held."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.httpd.connections.close_all()
 
     def web_config(self) -> WebConfig:
         """The TLS and auth settings in force now (none without ``--web.config.file``)."""
@@ -113,9 +137,40 @@ class MetricsServer:
 
 
 class _Server(ThreadingHTTPServer):
-    """Wraps each accepted connection in the current TLS context, on the request's thread."""
+    """Holds each accepted connection within the cap and wraps it in the current TLS context."""
 
     web: WebConfigWatcher | None = None
+    connections: Connections
+    request_queue_size = ACCEPT_BACKLOG
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._local = threading.local()
+        super().__init__(*args, **kwargs)
+
+    def current(self) -> Connection:
+        """The connection this thread serves."""
+        conn: Connection = self._local.conn
+        return conn
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        conn = self.connections.admit(request, client_address)
+        if conn is None:
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(
+            target=self._serve, args=(request, client_address, conn), daemon=True
+        )
+        thread.start()
+
+    def _serve(self, request: Any, client_address: Any, conn: Connection) -> None:
+        self._local.conn = conn
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.connections.release(conn)
+            self.shutdown_request(request)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         context = self.web.current().ssl_context if self.web is not None else None
@@ -128,6 +183,7 @@ class _Server(ThreadingHTTPServer):
         except (ssl.SSLError, OSError) as exc:
             log.debug("tls_handshake_failed", client=str(client_address[0]), error=str(exc))
             return
+        self.current().sock = tls
         try:
             tls.settimeout(None)
             super().finish_request(tls, client_address)
@@ -140,9 +196,31 @@ class _IPv6Server(_Server):
 
 
 def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
+    limits = server.limits
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "celery-exporter"
+        protocol_version = "HTTP/1.1"
         web = _NO_WEB_CONFIG
+        _reader: HeadReader | None = None
+
+        def handle_one_request(self) -> None:
+            httpd: _Server = self.server  # type: ignore[assignment]
+            conn = httpd.current()
+            if self._reader is None:
+                self._reader = HeadReader(
+                    self.connection, self.client_address, limits, httpd.connections
+                )
+            head = self._reader.next_head()
+            if head is None:
+                self.close_connection = True
+                return
+            conn.set(BUSY)
+            self.connection.settimeout(limits.send_timeout)
+            self.rfile.close()
+            self.rfile = io.BytesIO(head)
+            super().handle_one_request()
+            conn.set(WAITING)
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
