@@ -82,6 +82,9 @@ class Config:
     inspect_interval: float
     web_config_file: str | None
     web_healthz_unauthenticated: bool
+    event_queue: str | None
+    event_queue_expires: float
+    event_queue_max_length: int
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,15 @@ OPTIONS: tuple[Option, ...] = (
            parse_duration, metavar="DURATION"),
     Option("--web.healthz-unauthenticated", "Serve /healthz without basic auth when "
            "--web.config.file sets basic_auth_users.", False, parse_bool, "bool"),
+    Option("--event-queue", "RabbitMQ only: consume events from this named durable queue, so "
+           "a restarted exporter carries on where it stopped.", None, non_empty, metavar="NAME"),
+    Option("--event-queue-expires", "RabbitMQ deletes the --event-queue after it has had no "
+           "consumer this long.", 3600.0, parse_duration, metavar="DURATION"),
+    Option("--event-queue-max-length", "Most messages the --event-queue holds; beyond it "
+           "RabbitMQ drops the oldest (counted).", 1_000_000, positive_int, metavar="N"),
 )  # fmt: skip
+#: Broker URL schemes that keep a named queue for a consumer that is gone (RabbitMQ).
+EVENT_QUEUE_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 _SHARED = {opt.flag: opt for opt in OPTIONS}
 SIDECAR_OPTIONS: tuple[Option, ...] = (
@@ -322,9 +333,26 @@ def _parse(
     parser = build_parser(prog, options)
     namespace = parser.parse_args(argv)
     try:
-        return resolve(namespace, environ, options)
+        values = resolve(namespace, environ, options)
+        if values.get("event_queue") is not None:
+            check_event_queue(values["broker_url"])
+        return values
     except ConfigError as exc:
         parser.error(str(exc))
+
+
+def check_event_queue(broker_url: str) -> None:
+    """Raise :class:`ConfigError` unless ``--event-queue`` can work on ``broker_url``."""
+    schemes = {part.strip().partition("://")[0] for part in broker_url.split(";")}
+    if schemes <= set(EVENT_QUEUE_SCHEMES):
+        return
+    why = "a named queue on the broker keeps the events published while the exporter is away"
+    if any("redis" in scheme or scheme == "sentinel" for scheme in schemes):
+        why = "Redis pub/sub keeps nothing for a subscriber that is gone; run two exporters instead"
+    raise ConfigError(
+        f"--event-queue: RabbitMQ only (amqp:// or amqps://), not {', '.join(sorted(schemes))}: "
+        f"{why} (see README, Exporter restarts)"
+    )
 
 
 def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
@@ -362,4 +390,7 @@ def from_values(values: Mapping[str, Any]) -> Config:
         inspect_interval=values["inspect_interval"],
         web_config_file=values["web_config_file"],
         web_healthz_unauthenticated=values["web_healthz_unauthenticated"],
+        event_queue=values["event_queue"],
+        event_queue_expires=values["event_queue_expires"],
+        event_queue_max_length=values["event_queue_max_length"],
     )

@@ -16,6 +16,7 @@ from prometheus_client.process_collector import ProcessCollector
 from .broker import Broker, celery_app
 from .broker.measure import backend_for
 from .collectors.base import Collector, Collectors
+from .collectors.event_queue import EventQueueCollector
 from .collectors.events import EventCollector
 from .collectors.exporter import HealthCollector, build_info
 from .collectors.inspect import InspectCollector
@@ -23,6 +24,7 @@ from .collectors.polling import Poller
 from .collectors.queues import QueueCollector
 from .config import Config
 from .events.consumer import EventConsumer
+from .events.durable import EventQueue
 from .internal import InternalErrors
 from .log import get_logger
 from .state import ClusterState, WorkerQueues
@@ -98,6 +100,11 @@ class Daemon:
         # Built here, on the main thread: Celery's lazy top-level module is not safe to import
         # for the first time from two threads at once (the consumer's and inspect's broadcasts).
         self.app = celery_app(self.broker, "celery-exporter")
+        event_queue = None
+        if config.event_queue is not None:
+            event_queue = EventQueue(
+                config.event_queue, config.event_queue_expires, config.event_queue_max_length
+            )
         self.consumer = EventConsumer(
             self.broker,
             self.state,
@@ -105,12 +112,15 @@ class Daemon:
             enable_events=config.enable_events,
             enable_events_interval=config.enable_events_interval,
             app=self.app,
+            event_queue=event_queue,
         )
         web = WebConfigWatcher(config.web_config_file) if config.web_config_file else None
         collectors: list[Collector] = [
             EventCollector(self.state),
             HealthCollector(self.health, build_info()),
         ]
+        if event_queue is not None:
+            collectors.append(EventQueueCollector(event_queue))
         self.pollers = self._broker_collectors(config, collectors)
         self.registry.register(Collectors(collectors, errors=self.internal_errors))
         ProcessCollector(registry=self.registry)

@@ -5,6 +5,8 @@ subscription on Redis, a topic binding on RabbitMQ), hands each message body to
 :mod:`celery_exporter.events.envelope`, and feeds the events to :class:`~celery_exporter.state.ClusterState`.
 While connected it also broadcasts ``enable_events`` to the workers every
 ``--enable-events-interval`` and warns when workers run tasks without sending task events.
+With ``--event-queue`` (RabbitMQ) it consumes a named durable queue instead
+(:mod:`celery_exporter.events.durable`), acknowledging each message once its events are applied.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..redact import mask_url
 from ..state import ClusterState
 from ..web.health import Health
 from . import redis_pubsub
+from .durable import PREFETCH, EventQueue
 from .envelope import MalformedMessage, decode_body, decode_envelope
 
 log = get_logger(__name__)
@@ -101,6 +104,7 @@ class EventConsumer:
         enable_events_interval: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
         app: Any = None,
+        event_queue: EventQueue | None = None,
     ) -> None:
         self.broker = broker
         self.state = state
@@ -114,6 +118,7 @@ class EventConsumer:
         self._last_logged: dict[str, float] = {}
         self._next_enable = 0.0
         self._app: Any = app
+        self.event_queue = event_queue
         self._thread: threading.Thread | None = None
 
     def start(self, stop: threading.Event) -> None:
@@ -240,6 +245,9 @@ class EventConsumer:
 
         with self.broker.connection() as conn:
             conn.ensure_connection(max_retries=1)
+            if self.event_queue is not None:
+                self._consume_event_queue(conn, self.event_queue, stop)
+                return
             amqp = conn.transport.driver_type == "amqp"
             queue = Queue(
                 f"celeryev.exporter.{uuid.uuid4()}",
@@ -261,6 +269,33 @@ class EventConsumer:
                     with contextlib.suppress(TimeoutError):
                         conn.drain_events(timeout=POLL_SECONDS)
 
+    def _consume_event_queue(self, conn: Any, spec: EventQueue, stop: threading.Event) -> None:
+        """Consume the durable ``--event-queue`` with acks, and count what its overflow dropped."""
+        from kombu import Consumer
+
+        events, dropped = spec.queues(get_exchange(conn))
+        channel = conn.channel()
+        consumer = Consumer(
+            channel, queues=[events], on_message=self._on_queued_message, no_ack=False,
+            prefetch_count=PREFETCH,
+        )  # fmt: skip
+        counter = Consumer(
+            channel, queues=[dropped], on_message=self._on_dropped, no_ack=False,
+            prefetch_count=PREFETCH,
+        )  # fmt: skip
+        with consumer, counter:
+            self._connected(f"{conn.transport_cls} queue {spec.name}")
+            next_look = self.monotonic()
+            while not stop.is_set():
+                now = self.monotonic()
+                if now >= next_look:  # a drain may return after one message: look once a second
+                    next_look = now + POLL_SECONDS
+                    self._tick()
+                    _, ready, _ = events.bind(channel).queue_declare(passive=True)
+                    spec.saw_depth(int(ready))
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=POLL_SECONDS)
+
     def _broadcast_enable_events(self) -> None:
         try:
             if self._app is None:
@@ -278,6 +313,16 @@ class EventConsumer:
             self._malformed(exc.reason, exc.detail)
             return
         self.state.handle_batch(events)
+
+    def _on_queued_message(self, message: Any) -> None:
+        """Apply a message of the ``--event-queue``, then acknowledge it."""
+        self._on_message(message)
+        message.ack()
+
+    def _on_dropped(self, message: Any) -> None:
+        assert self.event_queue is not None
+        self.event_queue.count_dropped()
+        message.ack()
 
     def _malformed(self, reason: str, detail: str) -> None:
         self.state.count_malformed(reason)

@@ -46,6 +46,9 @@ BAD: dict[str, tuple[str, str]] = {
                                   "http://user:password@localhost:15672"),
     "--inspect-collector": ("maybe", BOOL),
     "--inspect-interval": ("never", DURATION),
+    "--event-queue": (" ", "expected a value that is not empty"),
+    "--event-queue-expires": ("0", "expected a duration above zero"),
+    "--event-queue-max-length": ("0", COUNT),
 }  # fmt: skip
 
 
