@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
 RECORDING = PROM / "rules" / "celery-recording.yml"
 ALERTS = PROM / "rules" / "celery-alerts.yml"
+#: Opt-in rules giving danihodovic/celery-exporter's names (docs/migrating.md); not loaded by default.
+COMPAT = PROM / "compat" / "celery-danihodovic-compat.yml"
 TEST_FILES = sorted((PROM / "tests").glob("*.test.yml"))
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 README = ROOT / "README.md"
@@ -129,9 +131,48 @@ def test_promtool_check_rules_passes_with_every_lint() -> None:
 
 
 @needs_promtool
+def test_promtool_check_rules_passes_for_the_compat_rules() -> None:
+    """`promtool check rules --lint=all --lint-fatal` accepts the danihodovic compat rules."""
+    done = promtool("check", "rules", "--lint=all", "--lint-fatal", str(COMPAT))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rules(COMPAT))} rules found" in done.stdout
+
+
+def test_compat_rules_record_only_names_this_exporter_does_not_export() -> None:
+    """Each compat rule writes a name no documented family has and reads a documented family."""
+    exported = FAMILIES | {
+        f"{family}{suffix}" for family in FAMILIES for suffix in ("_bucket", "_sum", "_count")
+    }
+    records = {rule["record"]: rule["expr"] for rule in rules(COMPAT)}
+    assert sorted(records) == [
+        "celery_active_consumer_count",
+        "celery_active_worker_count",
+        "celery_task_queue_wait_time_bucket",
+        "celery_task_queue_wait_time_count",
+        "celery_task_queue_wait_time_sum",
+        "celery_task_runtime_bucket",
+        "celery_task_runtime_count",
+        "celery_task_runtime_sum",
+    ]
+    assert set(records) & exported == set()
+    assert set(records.values()) <= exported
+
+
+def test_compat_rules_are_tested_and_not_loaded_by_default() -> None:
+    """A promtool test file loads the compat rules; the example prometheus.yml does not."""
+    tested = {
+        (path.parent / name).resolve()
+        for path in TEST_FILES
+        for name in load(path).get("rule_files", [])
+    }
+    assert COMPAT.resolve() in tested
+    assert "compat/celery-danihodovic-compat.yml" not in load(PROM / "prometheus.yml")["rule_files"]
+
+
+@needs_promtool
 def test_promtool_unit_tests_pass() -> None:
     """`promtool test rules` passes every test file in deploy/prometheus/tests."""
-    assert len(TEST_FILES) >= 5
+    assert len(TEST_FILES) >= 6
     done = promtool("test", "rules", *(str(p.relative_to(PROM)) for p in TEST_FILES))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("SUCCESS") == len(TEST_FILES), done.stdout
