@@ -256,6 +256,41 @@ def test_every_metric_is_documented() -> None:
     assert sorted(n for n in used if not is_documented(n, names, prefixes)) == []
 
 
+#: Families only the in-worker exporter exports: without it (event daemon alone, or the resource
+#: sidecar) a panel reading only these has no series at all.
+WORKER_EXPORTER_ONLY = {
+    "celery_worker_task_errors_total",
+    "celery_exporter_worker_events_dropped_total",
+}
+
+
+def test_panels_empty_by_nature_say_why() -> None:
+    """Panels fed only by the in-worker exporter, and the oldest-waiting panel, set noValue."""
+    no_value = {
+        panel["title"]: panel["fieldConfig"]["defaults"].get("noValue")
+        for board in BOARDS.values()
+        for panel in all_panels(board)
+        if panel.get("targets")
+        and set().union(*(gen.metric_names(t["expr"]) for t in panel["targets"]))
+        <= WORKER_EXPORTER_ONLY
+    }
+    assert no_value == {
+        "Messages the worker could not run": "no in-worker exporter scraped",
+        "Worker events dropped": "no in-worker exporter scraped",
+    }
+    (oldest,) = [
+        panel
+        for panel in all_panels(BOARDS["celery-queues.json"])
+        if panel["title"] == "Oldest waiting message"
+    ]
+    assert (
+        oldest["fieldConfig"]["defaults"]["noValue"] == "no waiting message with a known send time"
+    )
+    assert oldest["targets"][0]["expr"].endswith(
+        ' or (max by (queue_name) (celery_queue_length{job=~"$job",queue_name=~"$queue_name"}) == 0)'
+    )
+
+
 def test_selectors_filter_by_every_variable_their_metric_has() -> None:
     """Task selectors filter job, queue_name, name, hostname; worker, queue, others fewer."""
     expected = {
