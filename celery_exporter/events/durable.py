@@ -6,7 +6,9 @@ deletes the queue after it has had no consumer this long, ``x-expires``) and
 (``x-overflow: drop-head``) and dead-letters it (reason ``maxlen``) through the fanout exchange
 ``NAME.dropped`` into the queue ``NAME.dropped``; the consumer drains that queue and counts each
 message it finds there, which is the honest count of the events RabbitMQ threw away, also of
-those dropped while no exporter was running.
+those dropped while no exporter was running. That queue has the same expiry and bound: of more
+than ``--event-queue-max-length`` messages dropped while no exporter drains it, the count sees
+only the newest that many (a lower bound, then).
 """
 
 from __future__ import annotations
