@@ -15,13 +15,11 @@ Prometheus and reach a webhook through a real Alertmanager.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NamedTuple
 
 import pytest
@@ -29,6 +27,7 @@ import yaml
 
 from tests.support import taskapp
 from tests.support.client import Client
+from tests.support.dashboards import PanelKey, empty_queries, load_generator, panel_keys
 from tests.support.expect import wait_metrics, wait_worker_up
 from tests.support.launchers import RedisServer, free_port, terminate
 from tests.support.processes import (
@@ -85,14 +84,6 @@ LONG_TASK_SECONDS = 600
 PROMETHEUS_TIMEOUT = 60.0
 
 
-class PanelKey(NamedTuple):
-    """A dashboard query named by its dashboard, its panel and the metric it reads."""
-
-    dashboard_uid: str
-    panel_title: str
-    metric: str
-
-
 #: The worker-side modes: the in-worker exporter, or the resource sidecar beside the worker.
 IN_WORKER, SIDECAR = "in-worker", "sidecar"
 #: Panels only the in-worker exporter feeds: in sidecar mode they have no series (and say so).
@@ -112,27 +103,6 @@ OLDEST_WAITING = PanelKey(
 )
 
 
-def load_generator() -> ModuleType:
-    """Import deploy/grafana/generate.py, which is a script and not in a package."""
-    path = ROOT / "deploy" / "grafana" / "generate.py"
-    spec = importlib.util.spec_from_file_location("grafana_generate", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def panel_keys(generator: ModuleType) -> dict[PanelKey, str]:
-    """Every dashboard query, with the variables filled in, by the metrics it reads."""
-    out: dict[PanelKey, str] = {}
-    for query in generator.panel_queries():
-        expr = generator.substitute(query.expr)
-        for metric in sorted(generator.metric_names(query.expr)):
-            out[PanelKey(query.dashboard_uid, query.panel_title, metric)] = expr
-    return out
-
-
 def recording_selectors() -> dict[str, str]:
     """A selector of each shipped recording rule's series (its record name and extra labels)."""
     groups = yaml.safe_load(RECORDING_RULES.read_text())["groups"]
@@ -144,14 +114,6 @@ def recording_selectors() -> dict[str, str]:
                 selector = f"{rule['record']}{{{labels}}}" if labels else rule["record"]
                 out[selector] = selector
     return out
-
-
-def empty_queries(prometheus: PrometheusServer, exprs: dict[Any, str]) -> set[Any]:
-    """The keys whose expression has no result in Prometheus now."""
-    results: dict[str, bool] = {}
-    for expr in set(exprs.values()):
-        results[expr] = bool(prometheus.query(expr))
-    return {key for key, expr in exprs.items() if not results[expr]}
 
 
 class Stack(NamedTuple):
