@@ -866,3 +866,79 @@ def test_kubernetes_readme_explains_the_deployment() -> None:
     for needed in ("shareProcessNamespace", "restartPolicy: Always", "1.29", "celery-worker"):
         assert needed in text, needed
     assert "kubectl apply -k deploy/kubernetes" in text
+
+
+# --- Kubernetes: the high-availability component -----------------------------------------------
+
+HIGH_AVAILABILITY = "high-availability"
+PDB = ("PodDisruptionBudget", "celery-exporter")
+
+
+def kustomize_high_availability(tmp_path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """What ``kubectl kustomize`` builds from deploy/kubernetes with the HA component enabled."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    tree = tmp_path / "kubernetes"
+    shutil.copytree(KUBERNETES, tree)
+    kustomization = yaml.safe_load((tree / "kustomization.yaml").read_text())
+    kustomization["components"] = [HIGH_AVAILABILITY]
+    (tree / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    result = subprocess.run(
+        [kubectl, "kustomize", str(tree)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout)}
+
+
+def test_kubernetes_high_availability_runs_two_replicas_one_rolled_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """The HA component: 2 replicas, maxSurge 0, spread over nodes, a PDB; else the base Deployment."""
+    built = kustomize_high_availability(tmp_path)
+    assert sorted(built) == sorted([*[k for k in manifests() if k != WORKER], PDB])
+    deployment = built[EXPORTER]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    pods = spec["selector"]["matchLabels"]
+    (spread,) = spec["template"]["spec"].pop("topologySpreadConstraints")
+    assert spread == {
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": pods},
+    }
+    assert built[PDB]["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": pods}}
+    base = manifests()[EXPORTER]
+    for c, original in zip(
+        spec["template"]["spec"]["containers"],
+        base["spec"]["template"]["spec"]["containers"],
+        strict=True,
+    ):
+        c["image"] = original["image"]
+    for key in ("replicas", "strategy"):
+        del spec[key], base["spec"][key]
+    assert deployment == base
+
+
+def test_kubernetes_high_availability_matches_the_api_schema(tmp_path: Path) -> None:
+    """Every built-in object the HA component builds validates against the Kubernetes 1.29 API."""
+    validator = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate missing")
+    built = kustomize_high_availability(tmp_path)
+    checked = []
+    for (kind, name), doc in built.items():
+        if kind not in CRD_KINDS:
+            validator.validate(doc, "1.29.0", strict=True)
+            checked.append((kind, name))
+    assert sorted(checked) == [EXPORTER, PDB, ("Service", "celery-exporter")]
+
+
+def test_kubernetes_readme_explains_high_availability() -> None:
+    """The README names the HA component, how to enable it and the rules that de-duplicate."""
+    text = (KUBERNETES / "README.md").read_text()
+    for needed in (f"`{HIGH_AVAILABILITY}/`", "- high-availability", "max without (instance, pod)"):
+        assert needed in text, needed
