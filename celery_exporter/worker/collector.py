@@ -47,6 +47,12 @@ class WorkerCollector:
     name = "worker"
 
     def __init__(self, exporter: WorkerExporter) -> None:
+        # Imported here, on the worker's main thread as it starts: a first import of a Celery
+        # module from the HTTP thread while the main thread imports others can fail (Celery's
+        # lazy modules), which made early scrapes fail.
+        from celery.worker import state as worker_state
+
+        self.worker_state = worker_state
         self.exporter = exporter
         self.build = dict(build_info())
 
@@ -56,8 +62,7 @@ class WorkerCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Yield the task families, the worker gauges and the exporter's build."""
-        from celery.worker import state as worker_state
-
+        worker_state = self.worker_state
         exp = self.exporter
         if exp.state is not None:
             yield from task_families(exp.state.snapshot())

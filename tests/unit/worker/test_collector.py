@@ -97,3 +97,23 @@ def test_a_collector_that_raises_is_counted(
     assert value(got, "celery_exporter_collector_success", collector="worker") == 0
     assert value(got, "celery_exporter_internal_errors_total", where="collector_worker") == 1
     assert not [k for k in got if k[0] == "celery_worker_up"]
+
+
+def test_a_scrape_imports_nothing(
+    exporter: WorkerExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape runs no import: a first import from the HTTP thread can race Celery's lazy modules."""
+    import builtins
+
+    real_import = builtins.__import__
+    imported: list[str] = []
+
+    def spy(name: str, *args: object, **kwargs: object) -> object:
+        imported.append(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", spy)
+    got = samples(exporter)
+    monkeypatch.undo()
+    assert imported == []
+    assert value(got, "celery_exporter_collector_success", collector="worker") == 1
