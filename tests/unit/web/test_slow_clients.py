@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -15,6 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from celery_exporter.web.health import HealthView
 from celery_exporter.web.limits import Limits
 from celery_exporter.web.server import MetricsServer
+from celery_exporter.web.webconfig import WebConfigWatcher
+from tests.tls import Pki, make_pki
 
 READY = HealthView(broker_up=True, consuming=True, reconnects=0, reason="")
 LIMITS = Limits(head_timeout=1.0, idle_timeout=1.0, max_connections=4, max_head_bytes=1024)
@@ -209,3 +214,43 @@ def test_pipelined_requests_on_one_connection(server: MetricsServer) -> None:
     assert answer.endswith(b"\r\n\r\nready\n")
     assert b"\r\n\r\nok\nHTTP/1.1 200 OK\r\n" in answer
     assert server.rejected == {}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_cap_over_tls_closes_oldest_waiting(tmp_path: Path, pki: Pki) -> None:
+    """Over TLS too, past the cap the oldest connection sending its head is closed, and a scrape answers."""
+    path = tmp_path / "web.yml"
+    path.write_text(
+        f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
+    )
+    srv = MetricsServer(
+        "127.0.0.1", 0, registry(), lambda: READY, web=WebConfigWatcher(path, 0.0), limits=LIMITS
+    )
+    srv.start()
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    held: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(4):
+            sock = context.wrap_socket(connect(srv), server_hostname="127.0.0.1")
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            held.append(sock)
+        wait_for(lambda: srv.open_connections == 4)
+        conn = http.client.HTTPSConnection("127.0.0.1", srv.port, context=context, timeout=5)
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert (response.status, b"demo_things_total 2.0" in response.read()) == (200, True)
+        conn.close()
+        held[0].settimeout(1)
+        started = time.monotonic()
+        with contextlib.suppress(ssl.SSLError, ConnectionResetError):  # a TLS close may be abrupt
+            assert held[0].recv(1) == b""
+        assert time.monotonic() - started < 0.5
+        assert srv.rejected == {"limit": 1}
+    finally:
+        for sock in held:
+            sock.close()
+        srv.stop()
