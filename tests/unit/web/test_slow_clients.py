@@ -98,11 +98,12 @@ def test_idle_keep_alive_closed_after_idle_timeout(server: MetricsServer) -> Non
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     conn.request("GET", "/healthz")
     assert conn.getresponse().read() == b"ok\n"
+    sock = conn.sock
+    assert sock is not None
     conn.request("HEAD", "/metrics")
     response = conn.getresponse()
     assert (response.status, response.read()) == (200, b"")
-    sock = conn.sock
-    assert sock is not None
+    assert conn.sock is sock
     started = time.monotonic()
     assert sock.recv(1) == b""
     assert 0.9 <= time.monotonic() - started < 1.8
@@ -111,7 +112,7 @@ def test_idle_keep_alive_closed_after_idle_timeout(server: MetricsServer) -> Non
 
 
 def test_cap_closes_oldest_waiting_connection(server: MetricsServer) -> None:
-    """Past the cap, the oldest connection still sending its head is closed, and /metrics answers."""
+    """Past the cap, the oldest connection still sending its head is closed; /metrics answers."""
     held = [connect(server) for _ in range(4)]
     for sock in held:
         sock.sendall(b"GET /metrics HTTP/1.1\r\n")
@@ -222,7 +223,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def test_cap_over_tls_closes_oldest_waiting(tmp_path: Path, pki: Pki) -> None:
-    """Over TLS too, past the cap the oldest connection sending its head is closed, and a scrape answers."""
+    """Over TLS too, past the cap the oldest waiting connection is closed and a scrape answers."""
     path = tmp_path / "web.yml"
     path.write_text(
         f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
