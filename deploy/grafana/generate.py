@@ -66,10 +66,12 @@ def by(labels: Sequence[str]) -> str:
 
 
 def across_sources(inner: str, *labels: str) -> str:
-    """Sum within each job, then take the largest job's figure."""
-    # The event daemon and the in-worker exporters both count the whole cluster: adding
-    # their jobs together would count every task twice.
-    return f"max{by(labels)} (sum{by(['job', *labels])} ({inner}))"
+    """One figure of replicas, summed within each job, then the largest job's figure."""
+    # Replicas of one exporter (high availability) report the same series but for `instance`
+    # and `pod`: keep one. The event daemon and the in-worker exporters both count the whole
+    # cluster: adding their jobs together would count every task twice.
+    deduplicated = f"max without (instance, pod) ({inner})"
+    return f"max{by(labels)} (sum{by(['job', *labels])} ({deduplicated}))"
 
 
 def gauge(metric: str, *labels: str) -> str:

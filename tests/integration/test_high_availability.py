@@ -13,6 +13,7 @@ double, and the de-duplicated counter's ``increase()`` must match the tasks sent
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from tests.support.client import Client
+from tests.support.dashboards import load_generator
 from tests.support.expect import wait_worker_up
 from tests.support.launchers import RedisServer, free_port
 from tests.support.processes import ROOT, ExporterProcess, WorkerProcess
@@ -226,6 +228,24 @@ def test_short_range_rate_never_dips_or_doubles(stack: Stack, run: Run) -> None:
     steady = TASKS / (run.end - run.start)
     outage = [v for t, v in samples if run.stopped_at <= t <= run.restarted_at]
     assert outage, "no sample while the replica was down"
+    bad = [(round(t - run.start, 1), v) for t, v in samples if not 0 < v <= MAX_FACTOR * steady]
+    assert bad == [], f"(seconds into the workload, value) outside (0, {MAX_FACTOR * steady}]"
+
+
+def test_dashboard_task_rate_never_doubles(stack: Stack, run: Run) -> None:
+    """The dashboards' succeeded-rate query over 15 s counts the two replicas once, never 0."""
+    generator = load_generator()
+    (template,) = {
+        q.expr
+        for q in generator.panel_queries()
+        if q.dashboard_uid == "celery-tasks" and "rate(celery_task_succeeded_total" in q.expr
+        and q.expr.startswith("max by (name) (")
+    }  # fmt: skip
+    expr = generator.substitute(template, f"{SHORT_RANGE_SECONDS}s")
+    expr = re.sub(r'(?<![\w])name=~"\.\*"', f'name="{SUCCEED}"', expr)
+    assert f'{{job=~".*",queue_name=~".*",name="{SUCCEED}",' in expr, expr
+    samples = query_range(stack.prometheus, expr, run.start + WARM_UP, run.end)
+    steady = TASKS / (run.end - run.start)
     bad = [(round(t - run.start, 1), v) for t, v in samples if not 0 < v <= MAX_FACTOR * steady]
     assert bad == [], f"(seconds into the workload, value) outside (0, {MAX_FACTOR * steady}]"
 
