@@ -42,25 +42,18 @@ class EventQueue:
         from kombu import Exchange, Queue
 
         dead = Exchange(self.dropped_name, type="fanout", durable=True, auto_delete=False)
+        # Both outlive the exporter, with the same expiry and bound.
+        lasting = {
+            "routing_key": "#", "durable": True, "auto_delete": False, "expires": self.expires,
+            "max_length": self.max_length,
+        }  # fmt: skip
         events = Queue(
             self.name,
             exchange=event_exchange,
-            routing_key="#",
-            durable=True,
-            auto_delete=False,
-            expires=self.expires,
-            max_length=self.max_length,
             queue_arguments={"x-overflow": "drop-head", "x-dead-letter-exchange": dead.name},
+            **lasting,
         )
-        dropped = Queue(
-            self.dropped_name,
-            exchange=dead,
-            routing_key="#",
-            durable=True,
-            auto_delete=False,
-            expires=self.expires,
-            max_length=self.max_length,
-        )
+        dropped = Queue(self.dropped_name, exchange=dead, **lasting)
         return events, dropped
 
     def saw_depth(self, messages: int) -> None:

@@ -72,8 +72,9 @@ class TaskBook:
 
     def _queue_for(self, event: TaskEvent, host: str) -> str:
         """The queue an event names (the in-worker exporter's do), else its worker's only one."""
-        if event.get("queue"):
-            return self.queues(event.get("queue"))
+        queue = event.get("queue")
+        if queue:
+            return self.queues(queue)
         queues = self.worker_queues.of(host)
         if queues is not None and len(queues) == 1:
             return self.queues(queues[0])

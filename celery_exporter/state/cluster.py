@@ -83,7 +83,7 @@ class ClusterState:
         self.malformed: dict[str, int] = {}
         self.last_event: float | None = None
         self._apply: dict[str, Callable[[Any, float], None]] = {
-            **self.handlers.table,
+            **self.handlers.by_type(),
             "worker-online": self._worker_online,
             "worker-heartbeat": self._worker_heartbeat,
             "worker-offline": self._worker_offline,
@@ -160,10 +160,6 @@ class ClusterState:
             return gone
 
     # -- output ---------------------------------------------------------------------------------
-
-    def worker_up(self, worker: Worker, now: float) -> bool:
-        """Whether a worker counts as up at ``now``."""
-        return self.workers.is_up(worker, now)
 
     def snapshot(self) -> Snapshot:
         """Copy the state for rendering."""

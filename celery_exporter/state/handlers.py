@@ -11,11 +11,7 @@ from collections.abc import Callable
 
 from ..events.decode import TaskEvent
 from .book import TaskBook
-from .series import TaskSeries
-from .settings import Settings
-from .tasks import RECEIVED, STARTED, Task, TaskTable
-from .worker_queues import WorkerQueues
-from .workers import WorkerTable
+from .tasks import RECEIVED, STARTED, Task
 
 #: Exception classes that mark a task killed by its time limit, and the ``kind`` they count as.
 TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
@@ -24,16 +20,9 @@ TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
 class TaskHandlers(TaskBook):
     """The task event handlers: what each event type counts, over :class:`TaskBook`."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        tasks: TaskTable,
-        workers: WorkerTable,
-        series: TaskSeries,
-        worker_queues: WorkerQueues,
-    ) -> None:
-        super().__init__(settings, tasks, workers, series, worker_queues)
-        self.table: dict[str, Callable[[TaskEvent, float], None]] = {
+    def by_type(self) -> dict[str, Callable[[TaskEvent, float], None]]:
+        """The handler of each task event type."""
+        return {
             "task-sent": self.sent,
             "task-received": self.received,
             "task-started": self.started,

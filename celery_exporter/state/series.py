@@ -87,11 +87,6 @@ class TaskSeries:
         #: Tasks started and not finished: label key to task id to start time.
         self.running: dict[LabelKey, dict[str, float]] = {}
 
-    def count(self, kind: str, key: LabelKey) -> None:
-        """Add one to ``celery_task_<kind>_total`` at ``key``."""
-        counter = self.counters[kind]
-        counter[key] = counter.get(key, 0) + 1
-
     def count_timeout(self, key: LabelKey) -> None:
         """Add one to ``celery_task_timeouts_total`` at ``key`` (labels and kind)."""
         self.timeouts[key] = self.timeouts.get(key, 0) + 1

@@ -73,10 +73,6 @@ class TaskTable:
             return task, tasks.pop(next(iter(tasks)))
         return task, None
 
-    def pop(self, uuid: str) -> Task | None:
-        """Stop tracking a task; return it if it was tracked."""
-        return self.tasks.pop(uuid, None)
-
     def finished_task(self, uuid: str, etype: str) -> tuple[bool, Task | None]:
         """Look a final event up among finished tasks: (repeat of one counted, the task)."""
         done = self.finished.get(uuid)

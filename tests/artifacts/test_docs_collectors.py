@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -10,24 +9,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_exporter.broker import Broker
-from celery_exporter.broker.measure import Measurement, SentLookup
 from celery_exporter.collectors.base import Collectors
 from celery_exporter.collectors.inspect import InspectCollector
 from celery_exporter.collectors.queues import QueueCollector
+from tests.support.queues import EveryFigure
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-
-
-class OneQueue:
-    """A backend reporting every figure for each queue asked for."""
-
-    def measure(self, queues: Sequence[str], sent: SentLookup | None = None) -> Measurement:
-        return Measurement(
-            length={q: 1 for q in queues},
-            unacked={q: 1 for q in queues},
-            consumers={q: 1 for q in queues},
-            oldest_sent={q: 1.0 for q in queues},
-        )
 
 
 def rendered_families() -> list[str]:
@@ -35,7 +22,7 @@ def rendered_families() -> list[str]:
     inspect = InspectCollector(
         Broker("redis://127.0.0.1:1/0"), None, 30, broadcast=lambda: ({}, {}, {})
     )
-    queues = QueueCollector(OneQueue(), None, ["q"], 10, 60)
+    queues = QueueCollector(EveryFigure(), None, ["q"], 10, 60)
     assert inspect.poller.run_once() and queues.poller.run_once()
     registry = CollectorRegistry()
     registry.register(Collectors([inspect, queues]))

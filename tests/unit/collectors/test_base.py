@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from celery_exporter.broker import Broker
-from celery_exporter.broker.measure import Measurement, SentLookup
 from celery_exporter.collectors.base import Collector, Collectors, Family, Status, execute
 from celery_exporter.collectors.events import EventCollector
 from celery_exporter.collectors.exporter import HealthCollector
@@ -24,24 +23,13 @@ from celery_exporter.internal import InternalErrors
 from celery_exporter.state import ClusterState
 from celery_exporter.web.health import Health
 from tests.support import ManualClock, parse_metrics
+from tests.support.queues import EveryFigure
 
 T0 = 1_700_000_000.0
 BUILD = {"version": "0", "celery_version": "0", "kombu_version": "0", "python_version": "0"}
 STATS = {"celery@a": {"pool": {"max-concurrency": 3}, "prefetch_count": 12}}
 ACTIVE_QUEUES = {"celery@a": [{"name": "celery"}]}
 SCHEDULED = {"celery@a": [{"eta": "x"}]}
-
-
-class EveryFigure:
-    """A queue backend that reports every figure for each queue asked for."""
-
-    def measure(self, queues: Sequence[str], sent: SentLookup | None = None) -> Measurement:
-        return Measurement(
-            length={q: 1 for q in queues},
-            unacked={q: 1 for q in queues},
-            consumers={q: 1 for q in queues},
-            oldest_sent={q: 1.0 for q in queues},
-        )
 
 
 def events() -> EventCollector:

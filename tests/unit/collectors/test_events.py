@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +18,16 @@ from celery_exporter.state import ClusterState, Settings
 from celery_exporter.web import exposition
 from celery_exporter.web.health import Health
 from tests.support import ManualClock, parse_metrics
+from tests.support.events import HARD_LIMIT_TRACEBACK, PRODUCER, T0, W1, W2, iso
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "metrics.txt"
-T0 = 1_700_000_000.0
-W1, W2, W3, W4 = "celery@w1", "celery@w2", "celery@w3", "celery@w4"
-PRODUCER = "gen4242@api-1"
+W3, W4 = "celery@w3", "celery@w4"
 BUILD = {
     "version": "0.1.0",
     "celery_version": "5.7.0",
     "kombu_version": "5.7.0",
     "python_version": "3.11.7",
 }
-HARD_LIMIT_TRACEBACK = (
-    "Traceback (most recent call last):\n"
-    '  File "/venv/lib/python3.11/site-packages/billiard/pool.py", line 684, in on_hard_timeout\n'
-    "    raise TimeLimitExceeded(job._timeout)\n"
-    "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n"
-)
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
 
 
 def task(etype: str, uuid: str, at: float, **fields: Any) -> dict[str, Any]:
