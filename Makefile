@@ -17,11 +17,12 @@ INSTALL_PACKAGES ?= auto
 
 # COMMAND:DEBIAN_PACKAGE pairs that system-deps makes sure of. Debian puts rabbitmq-server in
 # /usr/sbin, often not on a user's PATH, so it is named in full; Debian's prometheus package
-# ships both prometheus and promtool, prometheus-alertmanager both alertmanager and amtool.
+# ships both prometheus and promtool, prometheus-alertmanager both alertmanager and amtool;
+# chromium (headless) loads the exporter's task pages in the browser tests.
 SYSTEM_DEPS := redis-server:redis-server /usr/sbin/rabbitmq-server:rabbitmq-server \
 	promtool:prometheus prometheus:prometheus \
 	prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager \
-	docker-compose:docker-compose
+	docker-compose:docker-compose chromium:chromium
 
 # Install, in one apt-get run, the Debian packages of the SYSTEM_DEPS commands not on PATH (see
 # INSTALL_PACKAGES), or fail saying what to install.
@@ -65,7 +66,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP) ## Create .venv and install the package with its dev tools
 
-system-deps: ## Install the system packages the tests and the demo run (Redis, RabbitMQ, Prometheus, Alertmanager, docker-compose)
+system-deps: ## Install the system packages the tests and the demo run (Redis, RabbitMQ, Prometheus, Alertmanager, docker-compose, Chromium)
 	$(call ensure-commands)
 
 lint: install ## ruff check, ruff format --check, mypy (package, then demo/)

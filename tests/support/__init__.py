@@ -13,6 +13,7 @@ One module per concept; import from the modules:
 * :mod:`.workload`: the known workload several integration tests send
 * :mod:`.brokers`: the broker collector tests' helpers
 * :mod:`.prometheus`, :mod:`.webhook`: a private Prometheus, Alertmanager and webhook receiver
+* :mod:`.browser`: loading a loopback page in headless Chromium and reading its DOM
 
 The names below are re-exported for the callers that still import them from the package.
 """

@@ -122,3 +122,42 @@ def burn(cpu_seconds: float, directory: str) -> None:
         pass
     with open(os.path.join(directory, str(os.getpid())), "a") as f:
         f.write("run\n")
+
+
+#: What the progress task reports, in order: (current, total, message) of each task-progress.
+PROGRESS_STEPS = ((1, 10, "fetching"), (2, 10, "decoding"), (3, 10, "resizing"))
+
+
+@app.task(name="taskapp.progress", bind=True)
+def progress(self: object, seconds: float) -> None:
+    """Send a task-progress event for each of PROGRESS_STEPS, then sleep to be seen running."""
+    for current, of, message in PROGRESS_STEPS:
+        self.send_event("task-progress", current=current, total=of, message=message)  # type: ignore[attr-defined]
+    time.sleep(seconds)
+
+
+#: Task names and an exception message that run a script if a page shows them unescaped: each
+#: sets a different ``data-pwned`` value on the page's body.
+HTML_NAME_IMG = '<img src=x onerror=document.body.setAttribute("data-pwned","1")>'
+HTML_NAME_SCRIPT = '<script>document.body.setAttribute("data-pwned","2")</script>'
+HTML_MESSAGE = (
+    '<img src=x onerror=document.body.setAttribute("data-pwned","3")>'
+    '<script>document.body.setAttribute("data-pwned","4")</script>'
+)
+
+
+@app.task(name=HTML_NAME_IMG)
+def html_name_img() -> None:
+    """Succeed, under a name that is an <img> with an onerror handler."""
+
+
+@app.task(name=HTML_NAME_SCRIPT)
+def html_name_script() -> None:
+    """Fail with ValueError, under a name that is a <script> element."""
+    raise ValueError("html name")
+
+
+@app.task(name="taskapp.fail_html")
+def fail_html() -> None:
+    """Raise ValueError whose message is HTML_MESSAGE."""
+    raise ValueError(HTML_MESSAGE)
