@@ -49,10 +49,16 @@ class TaskEvent(TypedDict, total=False):
     eta: float | None
     #: task-failed, task-retried: the exception's class name.
     exception: str
+    #: task-failed, task-retried: the exception as the worker wrote it, e.g. ``KeyError('x')``.
+    exception_repr: str | None
     #: task-succeeded: seconds the task ran, if the event says.
     runtime: float | None
     #: task-rejected: whether the task goes back to its queue.
     requeue: bool
+    #: task-progress (a task's own custom event): how far it is, and what it is doing.
+    current: float | None
+    total: float | None
+    message: str | None
 
 
 class WorkerEvent(TypedDict, total=False):
@@ -182,7 +188,9 @@ def _errored(event: Raw) -> Decoded:
     """task-failed and task-retried: the exception's class name."""
     if not _task(event):
         return INVALID
-    event["exception"] = label(exception_name(event.get("exception"), event.get("traceback")))
+    raw = event.get("exception")
+    event["exception"] = label(exception_name(raw, event.get("traceback")))
+    event["exception_repr"] = raw if type(raw) is str else None
     return cast(TaskEvent, event)
 
 
@@ -192,6 +200,22 @@ def _rejected(event: Raw) -> Decoded:
         return INVALID
     event["requeue"] = event.get("requeue") is True
     return cast(TaskEvent, event)
+
+
+def _progress(event: Raw) -> Decoded:
+    """task-progress: ``current`` and ``total`` as numbers, ``message`` as text, else None."""
+    if not _task(event):
+        return INVALID
+    event["current"] = _number(event.get("current"))
+    event["total"] = _number(event.get("total"))
+    message = event.get("message")
+    event["message"] = message if type(message) is str else None
+    return cast(TaskEvent, event)
+
+
+def _number(value: Any) -> float | None:
+    ok = (type(value) is float or type(value) is int) and abs(value) < 1e15
+    return float(value) if ok else None
 
 
 def _worker(event: Raw) -> Decoded:
@@ -241,6 +265,7 @@ DECODERS: dict[str, Callable[[Raw], Decoded]] = {
     "task-rejected": _rejected,
     "task-cancelled": _plain,
     "task-ignored": _plain,
+    "task-progress": _progress,
     "worker-online": _worker,
     "worker-heartbeat": _worker,
     "worker-offline": _worker,

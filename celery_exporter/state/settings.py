@@ -1,7 +1,7 @@
 """How events become series: label choices, caps, time limits and histogram buckets.
 
 Each field that a flag sets takes its default from that flag's entry in
-:data:`celery_exporter.config.OPTIONS`, so ``Settings()`` is what the daemon runs with when no
+:data:`celery_exporter.options.OPTIONS`, so ``Settings()`` is what the daemon runs with when no
 flag is given.
 """
 
@@ -15,8 +15,6 @@ from .. import config
 
 DEFAULT_RUNTIME_BUCKETS: tuple[float, ...] = config.default("--runtime-buckets")
 DEFAULT_WAIT_BUCKETS: tuple[float, ...] = config.default("--wait-buckets")
-#: Finished tasks remembered to spot a repeated event; no flag sets it.
-MAX_FINISHED_TASKS = 10_000
 
 
 def _flag(flag: str) -> Any:
@@ -33,13 +31,17 @@ class Settings:
     worker_timeout: float | None = _flag("--worker-timeout")
     worker_purge_after: float = _flag("--worker-purge-after")
     max_tracked_tasks: int = _flag("--max-tracked-tasks")
-    max_finished_tasks: int = MAX_FINISHED_TASKS
+    max_finished_tasks: int = _flag("--max-finished-tasks")
     max_task_names: int = _flag("--max-task-names")
     max_exceptions: int = _flag("--max-exceptions")
     max_queues: int = _flag("--max-queues")
     max_workers: int = _flag("--max-workers")
     runtime_buckets: tuple[float, ...] = _flag("--runtime-buckets")
     wait_buckets: tuple[float, ...] = _flag("--wait-buckets")
+    #: Keep a record of each task for the task view (its API and pages).
+    web_task_api: bool = _flag("--web.task-api")
+    #: Keep the task arguments' reprs in those records.
+    web_show_task_args: bool = _flag("--web.show-task-args")
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:

@@ -49,6 +49,10 @@ BAD: dict[str, tuple[str, str]] = {
     "--event-queue": (" ", "expected a value that is not empty"),
     "--event-queue-expires": ("0", "expected a duration above zero"),
     "--event-queue-max-length": ("0", COUNT),
+    "--web.task-api": ("perhaps", BOOL),
+    "--web.show-task-args": ("2", BOOL),
+    "--max-finished-tasks": ("-5", COUNT),
+    "--web.stuck-after": ("soon", DURATION),
 }  # fmt: skip
 
 

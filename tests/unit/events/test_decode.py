@@ -33,11 +33,11 @@ def worker(etype: str = "worker-heartbeat", **fields: Any) -> WorkerEvent:
 
 
 def test_every_applied_type_has_a_decoder() -> None:
-    """The state applies the ten task event types and the three worker event types."""
+    """The state applies the ten task event types, task-progress and three worker event types."""
     assert sorted(DECODERS) == [
-        "task-cancelled", "task-failed", "task-ignored", "task-received", "task-rejected",
-        "task-retried", "task-revoked", "task-sent", "task-started", "task-succeeded",
-        "worker-heartbeat", "worker-offline", "worker-online",
+        "task-cancelled", "task-failed", "task-ignored", "task-progress", "task-received",
+        "task-rejected", "task-retried", "task-revoked", "task-sent", "task-started",
+        "task-succeeded", "worker-heartbeat", "worker-offline", "worker-online",
     ]  # fmt: skip
 
 
@@ -51,7 +51,7 @@ def test_celery_event_is_checked_in_place() -> None:
 
 def test_unknown_type_decodes_to_none() -> None:
     """An event type the state does not apply is left to be counted as 'other'."""
-    assert decode({"type": "task-progress", "uuid": "u1"}) is None
+    assert decode({"type": "task-custom", "uuid": "u1"}) is None
 
 
 @pytest.mark.parametrize(
