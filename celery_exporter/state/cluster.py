@@ -21,7 +21,10 @@ from typing import Any
 from ..events.decode import DECODERS, INVALID, WorkerEvent
 from ..internal import InternalErrors
 from ..log import get_logger
+from . import queries
 from .handlers import TaskHandlers
+from .queries import TaskQuery
+from .records import TaskRecords
 from .series import TASK_COUNTERS, Histogram, LabelKey, TaskSeries
 from .settings import Settings
 from .tasks import TaskTable
@@ -87,7 +90,17 @@ class ClusterState:
             "worker-online": self._worker_online,
             "worker-heartbeat": self._worker_heartbeat,
             "worker-offline": self._worker_offline,
+            "task-progress": _ignore,
         }
+        #: The task view's records (``--web.task-api``), updated after the series.
+        self.records: TaskRecords | None = None
+        self._view: dict[str, Callable[[Any, float], None]] | None = None
+        if s.web_task_api:
+            self.records = TaskRecords(
+                s.max_tracked_tasks, s.max_finished_tasks, s.web_show_task_args,
+                self.handlers.worker_queues,
+            )  # fmt: skip
+            self._view = {etype: _ignore for etype in DECODERS} | self.records.by_type()
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -98,6 +111,7 @@ class ClusterState:
         apply = self._apply
         counts = self.events
         malformed = self.malformed
+        view = self._view
         with self.lock:
             self.last_event = now
             for raw in events:
@@ -114,16 +128,21 @@ class ClusterState:
                 try:
                     apply[etype](event, now)
                 except Exception:
-                    self._internal_error(etype)
+                    self._internal_error(etype, "event_handler")
+                if view is not None:
+                    try:
+                        view[etype](event, now)
+                    except Exception:
+                        self._internal_error(etype, "task_view")
 
     def handle(self, event: dict[str, Any]) -> None:
         """Apply one event."""
         self.handle_batch((event,))
 
-    def _internal_error(self, etype: str) -> None:
+    def _internal_error(self, etype: str, where: str) -> None:
         """A handler raised: a bug of ours, never bad input. Logged, counted, event skipped."""
-        self.errors.count("event_handler")
-        log.error("event_handler_failed", event_type=etype, exc_info=True)
+        self.errors.count(where)
+        log.error(f"{where}_failed", event_type=etype, exc_info=True)
 
     def count_malformed(self, reason: str, count: int = 1) -> None:
         """Count messages that could not be decoded."""
@@ -216,6 +235,65 @@ class ClusterState:
                 "processed": sum(w.processed for w in workers),
                 "task_events": sum(v for k, v in self.events.items() if k.startswith("task-")),
             }
+
+    # -- for the task view ----------------------------------------------------------------------
+
+    def find_tasks(self, query: TaskQuery) -> tuple[list[dict[str, Any]], int]:
+        """TASK objects of the newest matching tasks, and how many match in all.
+
+        The lock is held to copy the list of records, then for the few rows answered.
+        """
+        if self.records is None:
+            return [], 0
+        with self.lock:
+            now = self.clock()
+            records = self.records.all()
+        chosen, total = queries.select(records, query, now)
+        with_args = self.settings.web_show_task_args
+        with self.lock:
+            return [queries.task_row(r, with_args) for r in chosen], total
+
+    def task_detail(self, task_id: str) -> dict[str, Any] | None:
+        """The TASK object of one task with its exception, lineage and history, if known."""
+        if self.records is None:
+            return None
+        with self.lock:
+            record = self.records.get(task_id)
+            if record is None:
+                return None
+            return queries.task_detail(record, self.settings.web_show_task_args)
+
+    def failures(self, since: float) -> list[dict[str, Any]]:
+        """Failures in the last ``since`` seconds by task name and exception, most first."""
+        if self.records is None:
+            return []
+        with self.lock:
+            rows = self.records.failures.rows(since, self.clock())
+        return [queries.failure_row(row) for row in rows]
+
+    def worker_rows(self) -> list[dict[str, Any]]:
+        """What the events tell about each worker, by hostname."""
+        with self.lock:
+            now = self.clock()
+            views = self.workers.views(now)
+        return [
+            {
+                "hostname": host,
+                "up": up,
+                "last_heartbeat": w.last_heartbeat,
+                "active": w.active,
+                "reserved": w.reserved,
+                "processed": w.processed,
+                "pool_busy": w.busy,
+                "load": list(w.loadavg) if w.loadavg is not None else None,
+                "sw_ver": w.sw_ver or None,
+            }
+            for host, (up, w) in sorted(views.items())
+        ]
+
+
+def _ignore(event: Any, now: float) -> None:
+    """An event type this part has nothing to do with."""
 
 
 __all__ = ["TASK_COUNTERS", "ClusterState", "Snapshot"]

@@ -120,6 +120,22 @@ def rejected(uuid: str, requeue: bool, host: str = W1, at: float = T0) -> dict[s
     }  # fmt: skip
 
 
+def progress(
+    uuid: str,
+    current: Any = 3,
+    total: Any = 10,
+    message: Any = "resizing",
+    host: str = W1,
+    at: float = T0,
+) -> dict[str, Any]:
+    """A task's own task-progress, as ``self.send_event("task-progress", ...)`` sends it."""
+    return {
+        "type": "task-progress", "uuid": uuid, "current": current, "total": total,
+        "message": message, "hostname": host, "timestamp": at, "utcoffset": 0, "pid": 101,
+        "clock": 7,
+    }  # fmt: skip
+
+
 def heartbeat(
     host: str = W1, freq: Any = 2.0, active: Any = 0, processed: Any = 0, **extra: Any
 ) -> dict[str, Any]:
