@@ -28,8 +28,10 @@ from .events.durable import EventQueue
 from .internal import InternalErrors
 from .log import get_logger
 from .state import ClusterState, WorkerQueues
+from .web.api import TaskApi
 from .web.health import Health
-from .web.server import MetricsServer
+from .web.pages import LINKS, TaskPages
+from .web.server import MetricsServer, Route
 from .web.webconfig import WebConfigWatcher
 
 log = get_logger(__name__)
@@ -126,9 +128,10 @@ class Daemon:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+        routes, links = self._task_view(config, collectors)
         self.server = MetricsServer(
             config.host, config.port, self.registry, self.health.view,
-            web=web, healthz_open=config.web_healthz_unauthenticated,
+            web=web, healthz_open=config.web_healthz_unauthenticated, routes=routes, links=links,
         )  # fmt: skip
 
     def run(self) -> int:
@@ -184,6 +187,17 @@ class Daemon:
             collectors.append(queues)
             pollers.append(queues.poller)  # type: ignore[arg-type]
         return pollers
+
+    def _task_view(
+        self, config: Config, collectors: list[Collector]
+    ) -> tuple[list[Route], tuple[tuple[str, str], ...]]:
+        """The task view's routes and landing page links; none with ``--no-web.task-api``."""
+        if not config.settings.web_task_api:
+            return [], ()
+        inspect = next((c for c in collectors if isinstance(c, InspectCollector)), None)
+        queues = next((c for c in collectors if isinstance(c, QueueCollector)), None)
+        api = TaskApi(self.state, inspect, queues, show_args=config.settings.web_show_task_args)
+        return [api, TaskPages(api, config.web_stuck_after)], LINKS
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("signal_received", signal=signal.Signals(signum).name)

@@ -186,6 +186,10 @@ class InspectCollector(Collector):
         data = self.poller.data
         return None if data is None else consumer_counts(data)
 
+    def reports(self) -> dict[str, WorkerReport]:
+        """Each worker's report from the last successful poll (a copy); empty without one."""
+        return dict(self.poller.data or {})
+
     def describe(self) -> Iterator[Metric]:
         """Yield the pool families without samples."""
         return describe(FAMILIES)

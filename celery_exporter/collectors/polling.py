@@ -74,6 +74,11 @@ class Poller(Generic[T]):
         with self._lock:
             return self._status
 
+    def latest(self) -> tuple[T | None, float | None]:
+        """:attr:`data` and the time of the last success, read together."""
+        with self._lock:
+            return self._data, None if self._status is None else self._status.last_success
+
     def run_once(self) -> bool:
         """Poll once on a helper thread, waiting at most ``timeout``; return whether it worked."""
         if self._stuck is not None and self._stuck.is_alive():

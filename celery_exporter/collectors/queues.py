@@ -131,6 +131,10 @@ class QueueCollector(Collector):
             oldest_sent={q: t for q, t in measured.oldest_sent.items() if q in keep},
         )
 
+    def last_poll(self) -> tuple[Measurement | None, float | None]:
+        """The last poll's figures (None after a failure) and when a poll last succeeded."""
+        return self.poller.latest()
+
     def describe(self) -> Iterator[Metric]:
         """Yield the queue families without samples."""
         return describe(FAMILIES)

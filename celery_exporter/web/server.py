@@ -1,5 +1,8 @@
 """The HTTP endpoints: ``/`` landing page, ``/metrics``, ``/healthz`` and ``/readyz``.
 
+More GET paths plug in as :data:`Route` callables (``routes``), tried in order after the
+built-in paths and behind the same TLS and basic auth; ``links`` adds them to the landing page.
+
 A scrape only renders what the collectors already hold; nothing here talks to the broker.
 Slow and idle clients are bounded as :mod:`.limits` describes (a deadline for each request's
 head, an idle timeout between keep-alive requests, a cap on connections that makes room by
@@ -16,9 +19,12 @@ import io
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -46,8 +52,31 @@ _LANDING = """<!doctype html>
 <li><a href="metrics">/metrics</a>: Prometheus metrics</li>
 <li><a href="healthz">/healthz</a>: the process is alive</li>
 <li><a href="readyz">/readyz</a>: {ready}</li>
-</ul></body></html>
+{links}</ul></body></html>
 """
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as a route sees it: ``path`` still percent-encoded, ``query`` after the ``?``."""
+
+    method: str
+    path: str
+    query: str
+    headers: Message
+
+
+class Response(NamedTuple):
+    """What a route answers: status, body, content type and headers of its own."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str] = MappingProxyType({})
+
+
+#: A route answers the requests it knows and returns None for the others.
+Route = Callable[[Request], "Response | None"]
 
 
 class MetricsServer:
@@ -55,7 +84,8 @@ class MetricsServer:
 
     With ``web`` (``--web.config.file``) each connection is wrapped in the TLS context and
     each request checked against the basic auth users current at that moment;
-    ``healthz_open`` leaves ``/healthz`` without basic auth.
+    ``healthz_open`` leaves ``/healthz`` without basic auth. ``routes`` answer the other
+    paths; ``links`` are (relative href, description) pairs listed on the landing page.
     """
 
     def __init__(
@@ -69,8 +99,12 @@ class MetricsServer:
         web: WebConfigWatcher | None = None,
         healthz_open: bool = False,
         limits: Limits | None = None,
+        routes: Sequence[Route] = (),
+        links: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.registry = registry
+        self.routes = tuple(routes)
+        self.links = tuple(links)
         self._render_lock = threading.Lock()
         self.readiness = readiness
         self.title = title
@@ -131,9 +165,24 @@ class MetricsServer:
         """Return the landing page."""
         view = self.readiness()
         ready = "ready" if view.ready else f"not ready: {view.reason}"
+        links = "".join(
+            f'<li><a href="{html.escape(href)}">/{html.escape(href)}</a>: {html.escape(about)}</li>\n'
+            for href, about in self.links
+        )
         return _LANDING.format(
-            title=html.escape(self.title), about=html.escape(self.about), ready=html.escape(ready)
+            title=html.escape(self.title),
+            about=html.escape(self.about),
+            ready=html.escape(ready),
+            links=links,
         ).encode()
+
+    def route(self, request: Request) -> Response | None:
+        """The first route's answer to ``request``; None when no route knows the path."""
+        for route in self.routes:
+            response = route(request)
+            if response is not None:
+                return response
+        return None
 
 
 class _Server(ThreadingHTTPServer):
@@ -247,7 +296,20 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             elif path in ("/", ""):
                 self._send(200, server.landing(), "text/html; charset=utf-8")
             else:
+                self._routed(path)
+
+        def _routed(self, path: str) -> None:
+            query = self.path.split("?", 1)[1] if "?" in self.path else ""
+            try:
+                response = server.route(Request(self.command, path, query, self.headers))
+            except Exception:
+                log.exception("route_failed", path=path[:200])
+                self._send(500, b"internal error\n", "text/plain; charset=utf-8")
+                return
+            if response is None:
                 self._send(404, b"not found; see /\n", "text/plain; charset=utf-8")
+            else:
+                self._send(*response)
 
         def _metrics(self) -> None:
             try:
@@ -263,7 +325,11 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             self._send(200, body, content_type, headers)
 
         def _send(
-            self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+            self,
+            status: int,
+            body: bytes,
+            content_type: str,
+            headers: Mapping[str, str] | None = None,
         ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)

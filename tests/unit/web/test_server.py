@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from celery_exporter.web.health import HealthView
-from celery_exporter.web.server import MetricsServer
+from celery_exporter.web.server import MetricsServer, Request, Response
 
 READY = HealthView(broker_up=True, consuming=True, reconnects=0, reason="")
 NOT_READY = HealthView(broker_up=False, consuming=False, reconnects=2, reason="broker <down>")
@@ -158,5 +158,47 @@ def test_render_failure_answers_500() -> None:
     srv.start()
     try:
         assert get(srv, "/metrics")[::2] == (500, b"failed to render metrics\n")
+    finally:
+        srv.stop()
+
+
+def test_routes_answer_other_paths_in_order() -> None:
+    """Routes see method, path and query; the first answer wins; none or a crash is 404 or 500."""
+    seen: list[tuple[str, str, str]] = []
+
+    def first(request: Request) -> Response | None:
+        seen.append((request.method, request.path, request.query))
+        if request.path == "/boom":
+            raise RuntimeError("a bug")
+        return (
+            Response(201, b"first", "text/x-first", {"X-Route": "1"})
+            if request.path == "/a"
+            else None
+        )
+
+    def second(request: Request) -> Response | None:
+        return Response(200, b"second", "text/x-second") if request.path.startswith("/a") else None
+
+    srv = MetricsServer(
+        "127.0.0.1", 0, CollectorRegistry(), Readiness(), routes=[first, second],
+        links=[("a", "the <a> page")],
+    )  # fmt: skip
+    srv.start()
+    try:
+        status, headers, body = get(srv, "/a?x=1&y=%3C")
+        assert (status, body, headers["Content-Type"], headers["X-Route"]) == (
+            201, b"first", "text/x-first", "1"
+        )  # fmt: skip
+        assert get(srv, "/ab")[::2] == (200, b"second")
+        assert get(srv, "/b")[::2] == (404, b"not found; see /\n")
+        assert get(srv, "/boom")[::2] == (500, b"internal error\n")
+        assert get(srv, "/metrics")[0] == 200
+        assert get(srv, "/a", method="HEAD")[::2] == (201, b"")
+        assert seen == [
+            ("GET", "/a", "x=1&y=%3C"), ("GET", "/ab", ""), ("GET", "/b", ""),
+            ("GET", "/boom", ""), ("HEAD", "/a", ""),
+        ]  # fmt: skip
+        landing = get(srv, "/")[2].decode()
+        assert '<li><a href="a">/a</a>: the &lt;a&gt; page</li>\n</ul>' in landing
     finally:
         srv.stop()
