@@ -14,6 +14,8 @@ One module per concept; import from the modules:
 * :mod:`.brokers`: the broker collector tests' helpers
 * :mod:`.prometheus`, :mod:`.webhook`: a private Prometheus, Alertmanager and webhook receiver
 * :mod:`.browser`: loading a loopback page in headless Chromium and reading its DOM
+* :mod:`.taskview_scene`: the task view's unit-test scene: a state fed scripted events, the
+  inspect and queue collectors after one poll, a server with the API and pages
 
 The names below are re-exported for the callers that still import them from the package.
 """
