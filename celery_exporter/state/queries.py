@@ -16,7 +16,7 @@ from operator import attrgetter
 from typing import Any
 
 from .failures import FailureRow
-from .records import TaskRecord
+from .records import TaskRecord, field
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -60,26 +60,27 @@ def select(
 
 
 def _since(record: TaskRecord) -> float | None:
-    return record.started if record.started is not None else record.received
+    started = record.started
+    return started if started is not None else getattr(record, "received", None)
 
 
 def task_row(record: TaskRecord, with_args: bool) -> dict[str, Any]:
     """The API's TASK object for a record."""
-    progress = record.progress
+    progress = field(record, "progress")
     row: dict[str, Any] = {
         "id": record.id,
         "name": record.name,
         "state": record.state,
         "queue": record.queue,
         "worker": record.worker,
-        "sent": record.sent,
-        "received": record.received,
+        "sent": field(record, "sent"),
+        "received": field(record, "received"),
         "started": record.started,
-        "finished": record.finished,
-        "runtime": record.runtime,
+        "finished": field(record, "finished"),
+        "runtime": field(record, "runtime"),
         "retries": record.retries,
-        "exception": record.exception,
-        "eta": record.eta,
+        "exception": field(record, "exception"),
+        "eta": field(record, "eta"),
         "progress": None
         if progress is None
         else {
@@ -90,18 +91,19 @@ def task_row(record: TaskRecord, with_args: bool) -> dict[str, Any]:
         },
     }
     if with_args:
-        row["args"] = record.args
-        row["kwargs"] = record.kwargs
+        row["args"] = field(record, "args")
+        row["kwargs"] = field(record, "kwargs")
     return row
 
 
 def task_detail(record: TaskRecord, with_args: bool) -> dict[str, Any]:
     """The API's TASK object with the exception, traceback, lineage and history."""
     row = task_row(record, with_args)
-    row["exception_message"] = exception_message(record.exception_repr, record.exception)
-    row["traceback"] = record.traceback if record.exception is not None else None
-    row["parent_id"] = record.parent_id
-    row["root_id"] = record.root_id
+    exception = field(record, "exception")
+    row["exception_message"] = exception_message(field(record, "exception_repr"), exception)
+    row["traceback"] = field(record, "traceback") if exception is not None else None
+    row["parent_id"] = field(record, "parent_id")
+    row["root_id"] = field(record, "root_id")
     row["history"] = [
         {"type": etype, "timestamp": when, "worker": worker}
         for etype, when, worker in record.events()

@@ -41,10 +41,15 @@ MAX_HISTORY = 64
 MAX_SHARED_STRINGS = 10_000
 
 Event = tuple[str, float, "str | None"]
+_HISTORY_ITEMS = 3 * MAX_HISTORY
 
 
 class TaskRecord:
-    """What the event stream told about one task."""
+    """What the event stream told about one task.
+
+    Only the fields the updates read are set when a record is made; the others are set when
+    an event tells them, so read them with ``getattr(record, name, None)`` (:func:`field`).
+    """
 
     __slots__ = (
         "args", "eta", "exception", "exception_repr", "finished", "history", "id", "kwargs",
@@ -52,37 +57,43 @@ class TaskRecord:
         "sent", "started", "state", "traceback", "updated", "worker",
     )  # fmt: skip
 
+    sent: float | None
+    received: float | None
+    finished: float | None
+    runtime: float | None
+    exception: str | None
+    exception_repr: str | None
+    traceback: str | None
+    eta: float | None
+    #: (current, total, message, when it arrived), from the latest task-progress.
+    progress: tuple[float | None, float | None, str | None, float] | None
+    args: str | None
+    kwargs: str | None
+    parent_id: str | None
+    root_id: str | None
+
     def __init__(self, task_id: str, now: float) -> None:
         self.id = task_id
-        self.name: str | None = None
         self.state = "sent"
-        self.queue: str | None = None
-        self.worker: str | None = None
-        self.sent: float | None = None
-        self.received: float | None = None
-        self.started: float | None = None
-        self.finished: float | None = None
-        self.runtime: float | None = None
-        self.retries = 0
-        self.exception: str | None = None
-        self.exception_repr: str | None = None
-        self.traceback: str | None = None
-        self.eta: float | None = None
-        #: (current, total, message, when it arrived), from the latest task-progress.
-        self.progress: tuple[float | None, float | None, str | None, float] | None = None
-        self.args: str | None = None
-        self.kwargs: str | None = None
-        self.parent_id: str | None = None
-        self.root_id: str | None = None
-        #: Event type, time and worker of each event, flat: [type, time, worker, type, ...].
-        self.history: list[Any] = []
         #: When the latest event about it arrived.
         self.updated = now
+        #: Event type, time and worker of each event, flat: [type, time, worker, type, ...].
+        self.history: list[Any] = []
+        self.name: str | None = None
+        self.queue: str | None = None
+        self.worker: str | None = None
+        self.retries = 0
+        self.started: float | None = None
 
     def events(self) -> list[Event]:
         """The history as (type, timestamp, worker) in arrival order."""
         h = self.history
         return [(h[i], h[i + 1], h[i + 2]) for i in range(0, len(h), 3)]
+
+
+def field(record: TaskRecord, name: str) -> Any:
+    """A record's field, None when no event has told it yet."""
+    return getattr(record, name, None)
 
 
 class TaskRecords:
@@ -101,6 +112,10 @@ class TaskRecords:
         self.worker_queues = worker_queues or WorkerQueues()
         self.inflight: dict[str, TaskRecord] = {}
         self.finished: dict[str, TaskRecord] = {}
+        # The finished ids in the order they finished (a dict used as a queue would slow down
+        # as deleted entries pile up at its front).
+        self._ring: list[str | None] = [None] * max_finished
+        self._pos = 0
         #: Records dropped to stay within the caps.
         self.dropped = 0
         self.failures = FailureLog()
@@ -135,74 +150,64 @@ class TaskRecords:
 
     # -- finding records ------------------------------------------------------------------------
 
-    def _shared(self, text: str) -> str:
+    def _share(self, text: str) -> str:
         """One string object for each name and hostname, so records do not each hold a copy."""
         strings = self._strings
-        found = strings.get(text)
-        if found is None:
-            if len(strings) >= MAX_SHARED_STRINGS:
-                strings.clear()
-            found = strings[text] = text
-        return found
+        if len(strings) >= MAX_SHARED_STRINGS:
+            strings.clear()
+        strings[text] = text
+        return text
 
-    def _record(
-        self, event: TaskEvent, now: float, worker: str | None, track: bool = True
-    ) -> TaskRecord:
-        """The task's record, a new one if it has none; the event goes into its history.
+    def _new(self, task_id: str, now: float, track: bool) -> TaskRecord:
+        """A new record, tracked in flight unless a final event is about to retire it.
 
-        A new record is tracked in flight unless ``track`` is false (a final event is about to
-        move it to the finished ring, and it must not push out a task still in flight).
+        Untracked, it cannot push a task still in flight out of the table.
         """
-        task_id = event["uuid"]
-        record = self.inflight.get(task_id)
-        if record is None:
-            record = self.finished.get(task_id)
-            if record is None:
-                record = TaskRecord(task_id, now)
-                if track:
-                    inflight = self.inflight
-                    inflight[task_id] = record
-                    if len(inflight) > self.max_inflight:
-                        del inflight[next(iter(inflight))]
-                        self.dropped += 1
-        record.updated = now
-        history = record.history
-        if len(history) >= 3 * MAX_HISTORY:
-            del history[3:6]
-        history += (event["type"], event["timestamp"] or now, worker)
+        record = TaskRecord(task_id, now)
+        if track:
+            inflight = self.inflight
+            inflight[task_id] = record
+            if len(inflight) > self.max_inflight:
+                del inflight[next(iter(inflight))]
+                self.dropped += 1
         return record
 
     def _arrival(self, event: TaskEvent, now: float, track: bool = True) -> TaskRecord:
-        """The record of a task a worker received or started, with that worker noted."""
-        worker = self._shared(event["hostname"])
-        record = self._record(event, now, worker, track)
+        """The record of the task a worker's event is about, the event added to its history."""
+        host = event["hostname"]
+        worker = self._strings.get(host) or self._share(host)
+        task_id = event["uuid"]
+        record = self.inflight.get(task_id) or self.finished.get(task_id)
+        if record is None:
+            record = self._new(task_id, now, track)
+        record.updated = now
         record.worker = worker
-        if record.queue is None:
-            queue = event.get("queue")
-            if queue is None:
-                queues = self.worker_queues.of(worker)
-                if queues is not None and len(queues) == 1:
-                    queue = queues[0]
-            record.queue = queue
+        history = record.history
+        if len(history) >= _HISTORY_ITEMS:
+            del history[3:6]
+        history += (event["type"], event["timestamp"] or now, worker)
         return record
 
     def _finish(self, record: TaskRecord, state: str, when: float) -> None:
         """Move a record to the finished ring, dropping the oldest finished past the cap."""
         record.state = state
         record.finished = when
-        self.inflight.pop(record.id, None)
-        finished = self.finished
-        finished[record.id] = record
-        if len(finished) > self.max_finished:
-            del finished[next(iter(finished))]
+        task_id = record.id
+        self.inflight.pop(task_id, None)
+        ring, pos = self._ring, self._pos
+        oldest = ring[pos]
+        if oldest is not None and self.finished.pop(oldest, None) is not None:
             self.dropped += 1
+        ring[pos] = task_id
+        self._pos = pos + 1 if pos + 1 < len(ring) else 0
+        self.finished[task_id] = record
 
     def _details(self, record: TaskRecord, event: TaskEvent) -> None:
         """What task-sent and task-received tell about the call: name, ids, retries, args."""
         raw: dict[str, Any] = event  # type: ignore[assignment]
-        name = event.get("name")
-        if name and name != UNKNOWN:
-            record.name = self._shared(name)
+        name = event["name"]
+        if name != UNKNOWN:
+            record.name = self._strings.get(name) or self._share(name)
         retries = raw.get("retries")
         if type(retries) is int and retries > record.retries:
             record.retries = retries
@@ -221,10 +226,17 @@ class TaskRecords:
     # -- events ---------------------------------------------------------------------------------
 
     def sent(self, event: TaskEvent, now: float) -> None:
-        """A producer published the task (possibly after it already ran)."""
-        record = self._record(event, now, None)
-        record.sent = event["timestamp"] or now
-        if event.get("queue"):
+        """A producer published the task (possibly after it already ran); its host is no worker."""
+        task_id = event["uuid"]
+        record = self.inflight.get(task_id) or self.finished.get(task_id)
+        if record is None:
+            record = self._new(task_id, now, True)
+        else:
+            record.updated = now
+        when = event["timestamp"] or now
+        record.history += ("task-sent", when, None)
+        record.sent = when
+        if event["queue"]:
             record.queue = event["queue"]
         self._details(record, event)
 
@@ -234,7 +246,14 @@ class TaskRecords:
         record.received = event["timestamp"] or now
         if record.state not in FINAL_STATES:
             record.state = "received"
+        if record.queue is None:
+            record.queue = event.get("queue") or self._only_queue(record.worker)
         self._details(record, event)
+
+    def _only_queue(self, worker: str | None) -> str | None:
+        """The one queue a worker consumes (per inspect), if it consumes exactly one."""
+        queues = self.worker_queues.of(worker) if worker is not None else None
+        return queues[0] if queues is not None and len(queues) == 1 else None
 
     def started(self, event: TaskEvent, now: float) -> None:
         """A worker started running the task."""
@@ -245,25 +264,26 @@ class TaskRecords:
 
     def succeeded(self, event: TaskEvent, now: float) -> None:
         """The task returned."""
-        record = self._arrival(event, now, track=False)
+        record = self._arrival(event, now, False)
         if record.state in FINAL_STATES:
             return
         when = event["timestamp"] or now
         runtime = event["runtime"]
-        if runtime is None and record.started is not None and when >= record.started:
-            runtime = when - record.started
+        started = record.started
+        if runtime is None and started is not None and when >= started:
+            runtime = when - started
         record.runtime = runtime
         self._finish(record, "succeeded", when)
 
     def failed(self, event: TaskEvent, now: float) -> None:
         """The task raised."""
-        record = self._arrival(event, now, track=False)
+        record = self._arrival(event, now, False)
         if record.state in FINAL_STATES:
             return
         when = event["timestamp"] or now
         self._error(record, event)
-        if record.started is not None and when >= record.started:
-            record.runtime = when - record.started
+        started = record.started
+        record.runtime = when - started if started is not None and when >= started else None
         self._finish(record, "failed", when)
         self.failures.add(
             record.name or UNKNOWN, event["exception"], record.id, record.exception_repr, when, now
@@ -278,14 +298,14 @@ class TaskRecords:
             record.retries += 1
 
     def revoked(self, event: TaskEvent, now: float) -> None:
-        """The task was revoked (and maybe terminated)."""
-        record = self._record(event, now, self._shared(event["hostname"]), track=False)
+        """The task was revoked (and maybe terminated) by the worker that held it."""
+        record = self._arrival(event, now, False)
         if record.state not in FINAL_STATES:
             self._finish(record, "revoked", event["timestamp"] or now)
 
     def rejected(self, event: TaskEvent, now: float) -> None:
         """A worker rejected the task: back to its queue, or dropped."""
-        record = self._arrival(event, now, track=event["requeue"])
+        record = self._arrival(event, now, event["requeue"])
         if record.state in FINAL_STATES:
             return
         if event["requeue"]:
@@ -301,14 +321,13 @@ class TaskRecords:
 
     def ignored(self, event: TaskEvent, now: float) -> None:
         """The task raised Ignore (the in-worker exporter's event)."""
-        record = self._arrival(event, now, track=False)
+        record = self._arrival(event, now, False)
         if record.state not in FINAL_STATES:
             self._finish(record, "ignored", event["timestamp"] or now)
 
     def progress(self, event: TaskEvent, now: float) -> None:
         """The task reported how far it is (it is not added to the history)."""
-        task_id = event["uuid"]
-        record = self.inflight.get(task_id) or self.finished.get(task_id)
+        record = self.get(event["uuid"])
         if record is None:
             return
         message = event["message"]
