@@ -17,9 +17,10 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 
 # Dependencies in their own layer: it is rebuilt only when pyproject.toml changes, not when the
-# code does. The list comes from pyproject.toml itself, so it cannot drift from the package's.
+# code does. The list comes from pyproject.toml itself, so it cannot drift from the package's;
+# the sqs extra (boto3, for sqs:// brokers) is in the image too.
 COPY pyproject.toml ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["sqs"]))' \
         > requirements.txt \
     && /opt/venv/bin/pip install -r requirements.txt
 

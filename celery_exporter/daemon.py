@@ -141,7 +141,15 @@ class Daemon:
             signal.signal(signum, self._on_signal)
         self.server.start()
         log.info("listening", host=self.config.host, port=self.server.port)
-        self.consumer.start(self.stop_event)
+        if self.broker.scheme == "sqs":
+            log.info(
+                "event_stream_unavailable", transport="sqs",
+                message="Celery events do not travel over SQS (it has no fanout): task metrics "
+                "come from the in-worker exporter (celery_exporter.worker.install), queue metrics "
+                "from the SQS API, whose answers /readyz and celery_exporter_broker_up follow",
+            )  # fmt: skip
+        else:
+            self.consumer.start(self.stop_event)
         self.purger.start(self.stop_event)
         for poller in self.pollers:
             poller.start(self.stop_event)
@@ -163,7 +171,7 @@ class Daemon:
         broker = self.broker
         pollers: list[Poller[object]] = []
         inspect = None
-        if config.inspect_collector:
+        if config.inspect_collector and broker.scheme != "sqs":  # SQS cannot broadcast
             inspect = InspectCollector(
                 broker, self.worker_queues, config.inspect_interval, app=self.app
             )
@@ -172,9 +180,11 @@ class Daemon:
         backend = None
         if config.queue_collector:
             try:
-                backend = backend_for(broker, config.rabbitmq_management_url)
+                backend = backend_for(broker, config.rabbitmq_management_url, self.health)
             except ValueError as exc:
                 log.warning("queue_collector_off", reason=str(exc))
+        if getattr(backend, "errors", None) is not None:  # SQS counts its failed API calls
+            self.registry.register(backend.errors)  # type: ignore[union-attr]
         if backend is not None:
             queues = QueueCollector(
                 backend,

@@ -3,15 +3,20 @@
 Every ``--queue-interval`` (default 10 s) the ``queues`` collector measures its queues on a
 thread of its own, within the interval or :data:`POLL_TIMEOUT` if longer (see
 :mod:`celery_exporter.collectors.polling`); scrapes only read the last figures. How each broker
-is measured is :mod:`celery_exporter.broker`'s (``redis_queues``, ``rabbitmq``).
+is measured is :mod:`celery_exporter.broker`'s (``redis_queues``, ``rabbitmq``, ``sqs``). On
+SQS it also reports ``celery_queue_delayed`` (messages held back by a countdown or an ETA) and
+``celery_queue_dead_letter_info``, which ties each queue to the dead-letter queue its redrive
+policy names (measured as a queue of its own).
 
 It reads these options:
 
 - ``--queues``: queues always reported, at 0 before any worker exists.
 - ``--queue-interval``: how often to measure.
 - ``--queue-purge-after`` (default 1 h): a queue that is not configured, not consumed and
-  empty (no ready and no unacknowledged message) for this long is no longer reported; it is
-  still measured, and comes back as soon as it holds a message or a worker consumes it.
+  empty (no ready, unacknowledged or delayed message) for this long is no longer reported; it
+  is still measured, and comes back as soon as it holds a message or a worker consumes it.
+  Queues the broker's own configuration names (SQS ``queue_name_prefix``, ``predefined_queues``
+  and dead-letter queues) are reported like configured ones.
 
 Besides the configured ones it measures the queues any worker consumes (``inspect
 active_queues``, from :mod:`celery_exporter.collectors.inspect`) and those named by
@@ -52,7 +57,19 @@ OLDEST_SENT = Family(
     "When the oldest message waiting in the queue was sent (needs task-sent events).",
     _QUEUE,
 )
-FAMILIES = (LENGTH, UNACKED, CONSUMERS, OLDEST_SENT)
+DELAYED = Family(
+    "celery_queue_delayed",
+    "gauge",
+    "Messages in the queue not yet deliverable: a countdown or ETA the broker holds back (SQS).",
+    _QUEUE,
+)
+DEAD_LETTER = Family(
+    "celery_queue_dead_letter",
+    "info",
+    "The dead-letter queue the queue's redrive policy names (SQS).",
+    _QUEUE,
+)
+FAMILIES = (LENGTH, UNACKED, CONSUMERS, OLDEST_SENT, DELAYED, DEAD_LETTER)
 
 
 class QueueSet:
@@ -75,23 +92,26 @@ class QueueSet:
         now = self.clock()
         busy = set(consumed)
         unacked = measured.unacked or {}
+        delayed = measured.delayed or {}
         kept = []
         for queue in sorted(measured.length):
             in_use = (
                 queue in busy
                 or measured.length[queue] > 0
                 or unacked.get(queue, 0) > 0
+                or delayed.get(queue, 0) > 0
                 or (measured.consumers or {}).get(queue, 0) > 0
             )
             if in_use or queue not in self.last_active:
                 self.last_active[queue] = now
-            if queue in self.configured or now - self.last_active[queue] < self.purge_after:
+            pinned = queue in self.configured or queue in measured.configured
+            if pinned or now - self.last_active[queue] < self.purge_after:
                 kept.append(queue)
         return kept
 
 
 class QueueCollector(Collector):
-    """``celery_queue_length``, ``_unacked``, ``_consumers`` and the oldest message's send time."""
+    """``celery_queue_*``: length, unacked, consumers, delayed, oldest message, dead-letter queue."""
 
     name = "queues"
 
@@ -129,6 +149,8 @@ class QueueCollector(Collector):
             if measured.consumers is None
             else {q: measured.consumers.get(q, 0) for q in keep},
             oldest_sent={q: t for q, t in measured.oldest_sent.items() if q in keep},
+            delayed=None if measured.delayed is None else {q: measured.delayed[q] for q in keep},
+            dead_letter={q: d for q, d in measured.dead_letter.items() if q in keep},
         )
 
     def last_poll(self) -> tuple[Measurement | None, float | None]:
@@ -151,9 +173,14 @@ class QueueCollector(Collector):
             data.unacked or {},
             data.consumers or {},
             data.oldest_sent,
+            data.delayed or {},
         )
-        for spec, by_queue in zip(FAMILIES, values, strict=True):
+        for spec, by_queue in zip(FAMILIES[:-1], values, strict=True):
             family = spec.gauge()
             for queue, number in sorted(by_queue.items()):
                 family.add_metric([queue], number)
             yield family
+        info = DEAD_LETTER.info()
+        for queue, dead_letter in sorted(data.dead_letter.items()):
+            info.add_metric([queue], {"dead_letter_queue": dead_letter})
+        yield info

@@ -128,14 +128,15 @@ def test_dockerfile_installs_dependencies_before_the_code() -> None:
 
 
 def test_dockerfile_requirements_step_lists_the_package_dependencies(tmp_path: Path) -> None:
-    """The shell step that writes requirements.txt writes exactly pyproject's dependencies."""
+    """The shell step that writes requirements.txt writes pyproject's dependencies and the sqs extra."""
     (step,) = [a for kw, a in dockerfile() if kw == "RUN" and "requirements.txt" in a and "-r" in a]
     write_requirements = step.split(" && ")[0]
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(["sh", "-c", write_requirements], cwd=tmp_path, env=env, check=True)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert (tmp_path / "requirements.txt").read_text().splitlines() == project["dependencies"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["sqs"]
+    assert (tmp_path / "requirements.txt").read_text().splitlines() == wanted
 
 
 def test_dockerfile_runs_as_a_numeric_non_root_user() -> None:

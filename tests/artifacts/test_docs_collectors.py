@@ -46,6 +46,8 @@ def test_collector_families_are_the_contract() -> None:
         "celery_exporter_collector_last_success_timestamp_seconds",
         "celery_exporter_collector_success",
         "celery_queue_consumers",
+        "celery_queue_dead_letter_info",
+        "celery_queue_delayed",
         "celery_queue_length",
         "celery_queue_oldest_message_sent_timestamp_seconds",
         "celery_queue_unacked",

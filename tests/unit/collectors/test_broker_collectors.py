@@ -21,6 +21,7 @@ from celery_exporter.broker.redis_queues import (
     priority_keys,
     routing_key,
 )
+from celery_exporter.broker.sqs import SQSBackend
 from celery_exporter.collectors.base import Collectors, Status
 from celery_exporter.collectors.inspect import InspectCollector, WorkerReport, merge, reports_from
 from celery_exporter.collectors.polling import Poller, status_of
@@ -249,7 +250,7 @@ def test_vhost_and_credentials_of_urls() -> None:
 
 
 def test_backend_for_reads_transport_options() -> None:
-    """Redis options come from the transport options; an unsupported transport is refused."""
+    """Redis options come from the transport options, SQS gets its own backend, others are refused."""
     backend = backend_for(
         Broker(
             "redis://127.0.0.1:1/2",
@@ -261,8 +262,10 @@ def test_backend_for_reads_transport_options() -> None:
     assert (backend.prefix, backend.sep, backend.steps) == ("p:", ":", (0, 5, 9))
     assert backend.unacked_key == "p:unacked"
     assert isinstance(backend_for(Broker("amqp://g:g@127.0.0.1//"), None), RabbitMQBackend)
+    sqs = backend_for(Broker("sqs://", {"region": "eu-west-1"}), None)
+    assert isinstance(sqs, SQSBackend) and sqs.settings.region == "eu-west-1"
     with pytest.raises(ValueError, match="not supported"):
-        backend_for(Broker("sqs://"), None)
+        backend_for(Broker("memory://"), None)
 
 
 # -- pools -----------------------------------------------------------------------------------
