@@ -253,6 +253,12 @@ def _software(value: Any) -> str | None:
     return clean(value) if isinstance(value, str) else None
 
 
+#: The task event types of a task's life, as Celery's workers and producers send them.
+TASK_EVENTS = (
+    "task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+    "task-retried", "task-revoked", "task-rejected", "task-cancelled", "task-ignored",
+)  # fmt: skip
+
 #: The decoder of each event type the state applies; other types are only counted.
 DECODERS: dict[str, Callable[[Raw], Decoded]] = {
     "task-sent": _sent,

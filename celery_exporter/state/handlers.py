@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..events.decode import TaskEvent
+from ..events.decode import TASK_EVENTS, TaskEvent
 from .book import TaskBook
 from .tasks import RECEIVED, STARTED, Task
 
@@ -21,19 +21,8 @@ class TaskHandlers(TaskBook):
     """The task event handlers: what each event type counts, over :class:`TaskBook`."""
 
     def by_type(self) -> dict[str, Callable[[TaskEvent, float], None]]:
-        """The handler of each task event type."""
-        return {
-            "task-sent": self.sent,
-            "task-received": self.received,
-            "task-started": self.started,
-            "task-succeeded": self.succeeded,
-            "task-failed": self.failed,
-            "task-retried": self.retried,
-            "task-revoked": self.revoked,
-            "task-rejected": self.rejected,
-            "task-cancelled": self.cancelled,
-            "task-ignored": self.ignored,
-        }
+        """The handler of each task event type: the method named after it (``task-sent``: sent)."""
+        return {etype: getattr(self, etype.removeprefix("task-")) for etype in TASK_EVENTS}
 
     # -- events ---------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..events.decode import TaskEvent
+from ..events.decode import TASK_EVENTS, TaskEvent
 from ..events.fields import UNKNOWN
 from .failures import FailureLog
 from .worker_queues import WorkerQueues
@@ -133,20 +133,9 @@ class TaskRecords:
         return [*self.inflight.values(), *self.finished.values()]
 
     def by_type(self) -> dict[str, Callable[[TaskEvent, float], None]]:
-        """The update of each task event type."""
-        return {
-            "task-sent": self.sent,
-            "task-received": self.received,
-            "task-started": self.started,
-            "task-succeeded": self.succeeded,
-            "task-failed": self.failed,
-            "task-retried": self.retried,
-            "task-revoked": self.revoked,
-            "task-rejected": self.rejected,
-            "task-cancelled": self.cancelled,
-            "task-ignored": self.ignored,
-            "task-progress": self.progress,
-        }
+        """The update of each task event type: the method named after it, and task-progress."""
+        updates = {etype: getattr(self, etype.removeprefix("task-")) for etype in TASK_EVENTS}
+        return {**updates, "task-progress": self.progress}
 
     # -- finding records ------------------------------------------------------------------------
 
