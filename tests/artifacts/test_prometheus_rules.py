@@ -414,6 +414,13 @@ GUARDS = [
         "",
     ),
     ("CeleryEventStreamStalled", ALERTS, "time() - process_start_time_seconds", "vector(0)"),
+    (
+        "CeleryDeadLetterQueueGrowing",
+        ALERTS,
+        "\n          and on (job, queue_name)\n            label_replace(celery_queue_dead_letter_info,"
+        ' "queue_name", "$1", "dead_letter_queue", "(.+)")',
+        "",
+    ),
 ]
 
 
