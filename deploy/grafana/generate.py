@@ -1157,6 +1157,30 @@ def queues() -> Json:
             no_value="no waiting message with a known send time",
         ),
         timeseries(
+            "Delayed",
+            "Messages SQS holds back until their countdown or ETA ends "
+            "(ApproximateNumberOfMessagesDelayed); they are not counted as waiting.",
+            [Target(gauge("celery_queue_delayed", "queue_name"), "{{queue_name}}")],
+            "none",
+            no_value="SQS brokers only",
+        ),
+        timeseries(
+            "Dead-letter queues",
+            "Messages in each queue that some queue's redrive policy names as its dead-letter "
+            "queue (SQS): tasks SQS handed out too often without a delete. Rising is the "
+            "CeleryDeadLetterQueueGrowing alert; filtered by Queue, pick the source queue too.",
+            [
+                Target(
+                    f"{gauge('celery_queue_length', 'queue_name')} and on (queue_name) "
+                    f"label_join({gauge('celery_queue_dead_letter_info', 'dead_letter_queue')}"
+                    ', "queue_name", "", "dead_letter_queue")',
+                    "{{queue_name}}",
+                )
+            ],
+            "none",
+            no_value="no dead-letter queue (SQS redrive policies)",
+        ),
+        timeseries(
             "Sent vs received",
             "Tasks published to each queue (needs task_send_sent_event) and received by workers, "
             "per second: sent above received means the queue grows.",
@@ -1181,7 +1205,8 @@ def queues() -> Json:
     return dashboard(
         "celery-queues",
         "Celery / Queues",
-        "Broker queues: depth, unacknowledged messages, consumers, age and flow.",
+        "Broker queues: depth, unacknowledged and delayed messages, consumers, age, flow and "
+        "dead-letter queues.",
         panels,
     )
 

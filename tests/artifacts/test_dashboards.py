@@ -416,6 +416,13 @@ def test_queries_give_exact_values_for_daemon_and_in_worker_series(tmp_path: Pat
         series("celery_worker_pool_size", DAEMON | {"hostname": "celery@w2"}, "4x40"),
         series("celery_queue_length", DAEMON | {"queue_name": "celery"}, "5x40"),
         series("celery_queue_length", DAEMON | {"queue_name": "priority"}, "2x40"),
+        series("celery_queue_length", DAEMON | {"queue_name": "priority-dead"}, "4x40"),
+        series(
+            "celery_queue_dead_letter_info",
+            DAEMON | {"queue_name": "priority", "dead_letter_queue": "priority-dead"},
+            "1x40",
+        ),
+        series("celery_queue_delayed", DAEMON | {"queue_name": "priority"}, "6x40"),
         series("celery_tasks_active_oldest_start_timestamp_seconds", DAEMON | ADD, "300x40"),
         series("celery_tasks_active_oldest_start_timestamp_seconds", W1 | ADD, "420x40"),
         series("celery_task_runtime_seconds_bucket", DAEMON | ADD | {"le": "1"}, "0+15x40"),
@@ -440,7 +447,10 @@ def test_queries_give_exact_values_for_daemon_and_in_worker_series(tmp_path: Pat
         (expr_of("celery-exporter", "Targets down"), {}, 0),
         # busy: w1 max(1, 1) + w2 3 over size 4 + 4.
         (expr_of("celery-overview", "Pool saturation"), {}, 0.5),
-        (expr_of("celery-overview", "Queued"), {}, 7),
+        (expr_of("celery-overview", "Queued"), {}, 11),
+        # Only the queue a redrive policy names is a dead-letter queue.
+        (expr_of("celery-queues", "Dead-letter queues"), {"queue_name": "priority-dead"}, 4),
+        (expr_of("celery-queues", "Delayed"), {"queue_name": "priority"}, 6),
         (
             expr_of("celery-tasks", "Oldest running task by task"),
             {"name": "app.add"},
