@@ -16,6 +16,8 @@ One module per concept; import from the modules:
 * :mod:`.browser`: loading a loopback page in headless Chromium and reading its DOM
 * :mod:`.taskview_scene`: the task view's unit-test scene: a state fed scripted events, the
   inspect and queue collectors after one poll, a server with the API and pages
+* :mod:`.taskview_stack`: the task view's end-to-end stack (private Redis, exporter, worker),
+  its known workload and JSON API helpers
 
 The names below are re-exported for the callers that still import them from the package.
 """

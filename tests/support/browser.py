@@ -156,11 +156,16 @@ def dump_dom(
 
 @dataclass
 class Element:
-    """One element of a parsed DOM: its tag, attributes and the text directly inside it."""
+    """One element of a parsed DOM: its tag, attributes and text (its descendants' too)."""
 
     tag: str
     attrs: dict[str, str | None]
     text: list[str] = field(default_factory=list)
+
+    @property
+    def content(self) -> str:
+        """All the text inside the element, as ``textContent`` reads it."""
+        return "".join(self.text)
 
 
 @dataclass
@@ -213,8 +218,8 @@ class _Collector(html.parser.HTMLParser):
                 break
 
     def handle_data(self, data: str) -> None:
-        if self.open:
-            self.open[-1].text.append(data)
+        for element in self.open:
+            element.text.append(data)
         if not (self.open and self.open[-1].tag in ("script", "style")):
             self.texts.append(data)
 
