@@ -64,7 +64,8 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--broker-url", "Broker to follow: redis://, rediss://, sentinel://, amqp://, amqps://.",
+    Option("--broker-url", "Broker to follow: redis://, rediss://, sentinel://, amqp://, amqps://, "
+           "sqs:// (queue metrics only: task metrics come from the in-worker exporter).",
            "redis://localhost:6379/0", parse_broker_url, metavar="URL", extra_env=("CELERY_BROKER_URL",)),
     Option("--broker-transport-option", "Kombu transport option, e.g. master_name=mymaster or "
            "global_keyprefix=prod: (repeatable).", (), parse_pair, "pairs", "KEY=VALUE"),

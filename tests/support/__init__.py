@@ -12,6 +12,7 @@ One module per concept; import from the modules:
   client as the integration tests run them; :mod:`.taskapp` is the workers' Celery app
 * :mod:`.workload`: the known workload several integration tests send
 * :mod:`.brokers`: the broker collector tests' helpers
+* :mod:`.sqs`: moto's SQS emulator on a loopback port (``MotoServer``) and the fake ``AWS_ENV``
 * :mod:`.prometheus`, :mod:`.webhook`: a private Prometheus, Alertmanager and webhook receiver
 * :mod:`.browser`: loading a loopback page in headless Chromium and reading its DOM
 * :mod:`.taskview_scene`: the task view's unit-test scene: a state fed scripted events, the
