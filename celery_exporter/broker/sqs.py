@@ -69,7 +69,7 @@ MISSING_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoes
 AUTH_CODES = frozenset({
     "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
     "MissingAuthenticationToken", "InvalidSecurity", "ExpiredToken", "InvalidAccessKeyId",
-    "IncompleteSignature", "AccessDeniedException",
+    "IncompleteSignature",
 })  # fmt: skip
 #: Most dead-letter queues followed per poll (a dead-letter queue may have its own).
 MAX_DEAD_LETTER = 1000
@@ -163,7 +163,7 @@ class SQSBackend:
         self._clients: dict[tuple[str | None, str | None, str], Any] = {}
         self._urls: dict[str, str] = {}
         self._dead_letter_urls: dict[str, str | None] = {}
-        self._warned: dict[str, str] = {}
+        self._warned: dict[tuple[str, str], str] = {}
         log.info("sqs_queue_collector", **self.settings.described())
 
     def client(self, spec: Mapping[str, Any] | None = None) -> Any:
@@ -230,7 +230,12 @@ class SQSBackend:
             return found
         client = self.client()
         for label in queues:
-            add(label, self._queue_url(client, label), client)
+            try:
+                add(label, self._queue_url(client, label), client)
+            except ClientError as exc:
+                if _code(exc) in AUTH_CODES:
+                    raise  # no queue can be found: the poll fails and the broker reads down
+                self._warn_once(label, "sqs_queue_unreadable", f"{_code(exc)}: {exc}")
         if self.settings.prefix:
             for url in self._list(client, self.settings.prefix):
                 add(self._label(url.rstrip("/").rsplit("/", 1)[-1]), url, client)
@@ -284,7 +289,7 @@ class SQSBackend:
                 raise  # no queue can be read: the poll fails and the broker reads down
             self._warn_once(target.label, "sqs_queue_unreadable", f"{code}: {exc}")
             return None
-        self._warned.pop(target.label, None)
+        self._warned.pop((target.label, "sqs_queue_unreadable"), None)
         return dict(reply.get("Attributes") or {})
 
     def _queue_url(self, client: Any, label: str) -> str | None:
@@ -355,6 +360,6 @@ class SQSBackend:
 
     def _warn_once(self, queue: str, event: str, error: str) -> None:
         """Log a queue's problem once, until it changes or the queue is read again."""
-        if self._warned.get(queue) != error:
-            self._warned[queue] = error
+        if self._warned.get((queue, event)) != error:
+            self._warned[(queue, event)] = error
             log.warning(event, queue=queue, error=mask_url(error))

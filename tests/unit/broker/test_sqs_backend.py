@@ -95,10 +95,9 @@ class Throttling(http.server.BaseHTTPRequestHandler):
         """Quiet."""
 
 
-def test_throttling_is_retried_counted_and_fails_the_poll_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Each throttled attempt is counted; when botocore gives up the poll fails and health reads down, and the next poll tries again."""
+@pytest.fixture
+def throttling(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A loopback server throttling every request, as a broker URL; botocore retries at once."""
     monkeypatch.setattr(
         "botocore.retries.standard.ExponentialBackoff.delay_amount", lambda self, context: 0.0
     )
@@ -106,14 +105,29 @@ def test_throttling_is_retried_counted_and_fails_the_poll_only(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        health = Health()
-        sqs = backend(f"sqs://k:s@127.0.0.1:{server.server_address[1]}", health)
-        for poll in (1, 2):
-            with pytest.raises(ClientError, match="ThrottlingException"):
-                sqs.measure(["celery"])
-            assert sqs.errors.counts() == {("GetQueueUrl", "throttled"): poll * MAX_ATTEMPTS}
-        view = health.view()
-        assert not view.ready and "SQS poll failed" in view.reason
+        yield f"sqs://k:s@127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_throttled_queue_is_retried_counted_and_left_out(throttling: str) -> None:
+    """Each throttled attempt is counted; a queue still throttled after them is left out of the poll, and SQS still counts as answering."""
+    health = Health()
+    sqs = backend(throttling, health)
+    for poll in (1, 2):
+        assert sqs.measure(["celery"]).length == {}
+        assert sqs.errors.counts() == {("GetQueueUrl", "throttled"): poll * MAX_ATTEMPTS}
+    assert health.view().ready
+
+
+def test_a_throttled_listing_fails_the_poll(throttling: str) -> None:
+    """When the queues cannot be listed the poll fails, health reads down with the reason, and the next poll tries again."""
+    health = Health()
+    sqs = backend(throttling, health, queue_name_prefix="app-")
+    for poll in (1, 2):
+        with pytest.raises(ClientError, match="ThrottlingException"):
+            sqs.measure([])
+        assert sqs.errors.counts() == {("ListQueues", "throttled"): poll * MAX_ATTEMPTS}
+    view = health.view()
+    assert not view.ready and view.reason.startswith("SQS poll failed: ClientError")
