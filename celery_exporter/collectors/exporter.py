@@ -17,7 +17,8 @@ BUILD = Family("celery_exporter_build", "info", "Version of the exporter and its
 BROKER_UP = Family(
     "celery_exporter_broker_up",
     "gauge",
-    "1 when the exporter is connected to the broker and consuming events.",
+    "1 when the exporter is connected to the broker and consuming events (on SQS: when the "
+    "SQS API answered the last queue poll).",
 )
 RECONNECTS = Family(
     "celery_exporter_reconnects",
