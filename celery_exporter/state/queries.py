@@ -23,7 +23,7 @@ MAX_LIMIT = 1000
 DEFAULT_FAILURES_SINCE = 3600.0
 MAX_FAILURES_SINCE = 86_400.0
 
-_updated = attrgetter("updated")
+_latest = attrgetter("seq")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class TaskQuery:
 def select(
     records: Iterable[TaskRecord], query: TaskQuery, now: float
 ) -> tuple[list[TaskRecord], int]:
-    """The newest ``query.limit`` matching records (latest activity first), and how many match."""
+    """The ``query.limit`` matching records with the latest events (latest first), and the count."""
     found = records if isinstance(records, list) else list(records)
     if query.states is not None:
         states = query.states
@@ -56,7 +56,7 @@ def select(
     if query.older_than is not None:
         cutoff = now - query.older_than
         found = [r for r in found if (_since(r) or cutoff + 1.0) <= cutoff]
-    return heapq.nlargest(query.limit, found, key=_updated), len(found)
+    return heapq.nlargest(query.limit, found, key=_latest), len(found)
 
 
 def _since(record: TaskRecord) -> float | None:
@@ -97,13 +97,14 @@ def task_row(record: TaskRecord, with_args: bool) -> dict[str, Any]:
 
 
 def task_detail(record: TaskRecord, with_args: bool) -> dict[str, Any]:
-    """The API's TASK object with the exception, traceback, lineage and history."""
+    """The API's TASK object with the exception, traceback, lineage, retry link and history."""
     row = task_row(record, with_args)
     exception = field(record, "exception")
     row["exception_message"] = exception_message(field(record, "exception_repr"), exception)
     row["traceback"] = field(record, "traceback") if exception is not None else None
     row["parent_id"] = field(record, "parent_id")
     row["root_id"] = field(record, "root_id")
+    row["retried_as"] = field(record, "retried_as")
     row["history"] = [
         {"type": etype, "timestamp": when, "worker": worker}
         for etype, when, worker in record.events()

@@ -16,6 +16,7 @@ Options read (through :class:`~celery_exporter.state.settings.Settings`):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +54,8 @@ class TaskRecord:
 
     __slots__ = (
         "args", "eta", "exception", "exception_repr", "finished", "history", "id", "kwargs",
-        "name", "parent_id", "progress", "queue", "received", "retries", "root_id", "runtime",
-        "sent", "started", "state", "traceback", "updated", "worker",
+        "name", "parent_id", "progress", "queue", "received", "retried_as", "retries", "root_id",
+        "runtime", "sent", "seq", "started", "state", "traceback", "worker",
     )  # fmt: skip
 
     sent: float | None
@@ -71,12 +72,14 @@ class TaskRecord:
     kwargs: str | None
     parent_id: str | None
     root_id: str | None
+    #: The id of the task an operator sent in its place (task control's retry).
+    retried_as: str | None
 
-    def __init__(self, task_id: str, now: float) -> None:
+    def __init__(self, task_id: str) -> None:
         self.id = task_id
         self.state = "sent"
-        #: When the latest event about it arrived.
-        self.updated = now
+        #: Where the latest event about it came in the stream (larger is later).
+        self.seq = 0
         #: Event type, time and worker of each event, flat: [type, time, worker, type, ...].
         self.history: list[Any] = []
         self.name: str | None = None
@@ -120,6 +123,7 @@ class TaskRecords:
         self.dropped = 0
         self.failures = FailureLog()
         self._strings: dict[str, str] = {}
+        self._order = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self.inflight) + len(self.finished)
@@ -147,12 +151,12 @@ class TaskRecords:
         strings[text] = text
         return text
 
-    def _new(self, task_id: str, now: float, track: bool) -> TaskRecord:
+    def _new(self, task_id: str, track: bool) -> TaskRecord:
         """A new record, tracked in flight unless a final event is about to retire it.
 
         Untracked, it cannot push a task still in flight out of the table.
         """
-        record = TaskRecord(task_id, now)
+        record = TaskRecord(task_id)
         if track:
             inflight = self.inflight
             inflight[task_id] = record
@@ -168,8 +172,8 @@ class TaskRecords:
         task_id = event["uuid"]
         record = self.inflight.get(task_id) or self.finished.get(task_id)
         if record is None:
-            record = self._new(task_id, now, track)
-        record.updated = now
+            record = self._new(task_id, track)
+        record.seq = next(self._order)
         record.worker = worker
         history = record.history
         if len(history) >= _HISTORY_ITEMS:
@@ -219,9 +223,8 @@ class TaskRecords:
         task_id = event["uuid"]
         record = self.inflight.get(task_id) or self.finished.get(task_id)
         if record is None:
-            record = self._new(task_id, now, True)
-        else:
-            record.updated = now
+            record = self._new(task_id, True)
+        record.seq = next(self._order)
         when = event["timestamp"] or now
         record.history += ("task-sent", when, None)
         record.sent = when
@@ -323,7 +326,7 @@ class TaskRecords:
         if message is not None and len(message) > MAX_TEXT_LENGTH:
             message = message[:MAX_TEXT_LENGTH]
         record.progress = (event["current"], event["total"], message, now)
-        record.updated = now
+        record.seq = next(self._order)
 
     @staticmethod
     def _error(record: TaskRecord, event: TaskEvent) -> None:

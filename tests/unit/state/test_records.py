@@ -60,6 +60,7 @@ def test_a_succeeded_task_has_every_field() -> None:
         "sent": T0, "received": T0 + 1, "started": T0 + 6, "finished": T0 + 8.5,
         "runtime": 2.5, "retries": 0, "exception": None, "eta": T0 + 5, "progress": None,
         "exception_message": None, "traceback": None, "parent_id": None, "root_id": "t1",
+        "retried_as": None,
         "history": [
             {"type": "task-sent", "timestamp": T0, "worker": None},
             {"type": "task-received", "timestamp": T0 + 1, "worker": W1},
@@ -315,3 +316,12 @@ def test_producer_hostname_is_not_the_worker() -> None:
     got = detail(state, "t1")
     assert (got["worker"], got["state"]) == (None, "sent")
     assert PRODUCER not in str(got)
+
+
+def test_tasks_of_one_batch_are_listed_latest_event_first() -> None:
+    """Within one batch (one arrival time) the task whose event came last is listed first."""
+    state, _ = make()
+    state.handle_batch([received("a"), received("b"), failed("b", "KeyError('k')")])
+    state.handle_batch([received("c"), failed("c", "KeyError('k')"), failed("a", "KeyError('k')")])
+    assert ids(state) == ["a", "c", "b"]
+    assert ids(state, states=frozenset({"failed"})) == ["a", "c", "b"]
