@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
@@ -234,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if stop.is_set():
             return 0
         say(f"demo: exporter serving {metrics}  (log: .demo/exporter.log)")
+        view = metrics.removesuffix("/metrics")
+        say(f"demo: task view at {view}/tasks (JSON: {view}/api/v1/tasks, /api/v1/failures)")
 
         worker_log = logs.enter_context((LOG_DIR / "worker.log").open("wb"))
         worker = start(
@@ -284,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             events = total(samples, "celery_exporter_events_total")
             say(summary(samples, now - began, (events - last_events) / (now - last_time)))
             say(resources(scrape(side_metrics)))
+            say(failures(view))
             last_events, last_time = events, now
             if now >= deadline:
                 break
@@ -310,6 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         logs.close()
         say("demo: stopped worker, exporter, sidecar and redis-server")
     return status
+
+
+def failures(view: str) -> str:
+    """The last hour's failures by task and exception, from the task view's JSON API."""
+    with urllib.request.urlopen(f"{view}/api/v1/failures?since=3600", timeout=5) as answer:
+        rows = json.load(answer)["failures"]
+    text = ", ".join(f"{r['name']} {r['exception']} x{r['count']}" for r in rows[:3])
+    return f"        failed in the last hour (task view): {text or 'none'}"
 
 
 def _up(metrics: str) -> bool:
