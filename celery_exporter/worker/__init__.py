@@ -5,8 +5,8 @@ One line in the module that defines the app turns it on::
     from celery_exporter.worker import install
     install(app, port=9809)
 
-Nothing happens in processes that only import the app (producers, beat, ``celery inspect``):
-the exporter starts on the worker's ``worker_init`` signal, serves ``/metrics`` from the
+Nothing happens in processes that only import the app (producers, ``celery inspect``): the
+exporter starts on the worker's ``worker_init`` signal, serves ``/metrics`` from the
 worker's main process and stops on ``worker_shutdown``. It serves the same ``celery_task_*``
 families as the event-stream daemon, always with ``hostname``, computed by the same
 :class:`~celery_exporter.state.ClusterState` from events made out of signals
@@ -18,6 +18,9 @@ starts (:mod:`.ipc`: no other process can write to it, no file to clean up), so 
 ``--max-tasks-per-child`` recycling and hard time limits. A thread of the main process
 receives them. Solo, threads, eventlet and gevent pools run tasks in the main process, which
 counts directly.
+
+In a ``celery beat`` process the same call serves beat's own families instead, from Celery's
+``beat_init`` signal (:mod:`.beat`: entries' last and next runs, sends, send errors, ticks).
 
 Options of :func:`install`:
 
@@ -32,20 +35,29 @@ Options of :func:`install`:
 - ``settings``: a :class:`~celery_exporter.state.Settings` for the label caps, default queue and
   histogram buckets (the daemon's defaults otherwise).
 - ``registry``: the registry to serve (a new one otherwise).
+- ``beat_max_entries`` (500), ``beat_refresh_interval`` (5 s): beat only, see :mod:`.beat`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .beat import DEFAULT_MAX_ENTRIES, DEFAULT_REFRESH_INTERVAL, BeatExporter
 from .collector import WorkerCollector
 from .exporter import DEFAULT_PORT, WorkerExporter
 
-__all__ = ["DEFAULT_PORT", "WorkerCollector", "WorkerExporter", "install"]
+__all__ = ["DEFAULT_PORT", "BeatExporter", "WorkerCollector", "WorkerExporter", "install"]
 
 
-def install(app: Any, port: int = DEFAULT_PORT, **options: Any) -> WorkerExporter:
-    """Export this app's workers' task and pool metrics on ``port``; see the module docstring."""
+def install(
+    app: Any,
+    port: int = DEFAULT_PORT,
+    beat_max_entries: int = DEFAULT_MAX_ENTRIES,
+    beat_refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+    **options: Any,
+) -> WorkerExporter:
+    """Export this app's workers' (or beat's) metrics on ``port``; see the module docstring."""
     exporter = WorkerExporter(app, port=port, **options)
     exporter.connect()
+    BeatExporter(exporter, beat_max_entries, beat_refresh_interval).connect()
     return exporter

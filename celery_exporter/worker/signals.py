@@ -4,7 +4,9 @@ The task signals (``task_received``, ``task_prerun``, ``task_success``, ``task_f
 ``task_retry``, ``task_revoked``, ``task_postrun``) become the ``task-*`` events of Celery's
 event stream; ``task_unknown``, ``task_rejected`` and ``task_internal_error`` become ``_error``
 events; ``worker_init``, ``worker_ready``, ``worker_process_init``, ``worker_process_shutdown``
-and ``worker_shutdown`` drive the exporter's lifecycle. A receiver never raises into Celery: an
+and ``worker_shutdown`` drive the exporter's lifecycle; other parts connect theirs through
+:meth:`SignalReceivers.attach` (beat's ``beat_init``, :mod:`.beat`). A receiver never raises
+into Celery: an
 exception (a bug of ours) is logged and counted in
 ``celery_exporter_internal_errors_total{where="worker_signal"}``.
 """
@@ -74,6 +76,15 @@ class SignalReceivers:
             guarded = self._guard(name, receiver)
             signal.connect(guarded, weak=False)
             self._connected.append((signal, guarded))
+
+    def attach(self, name: str, receiver: Callable[..., None]) -> None:
+        """Connect one more receiver (another part's, e.g. beat's), guarded and disconnected too."""
+        from celery import signals
+
+        signal = getattr(signals, name)
+        guarded = self._guard(name, receiver)
+        signal.connect(guarded, weak=False)
+        self._connected.append((signal, guarded))
 
     def disconnect(self) -> None:
         """Disconnect every receiver."""
