@@ -718,9 +718,87 @@ def overview() -> Json:
     return dashboard(
         "celery-overview",
         "Celery / Overview",
-        "Health of the Celery cluster at a glance: workers, throughput, failures, queues, waits.",
-        panels,
+        "Health of the Celery cluster at a glance: workers, throughput, failures, queues, "
+        "waits, beat.",
+        [*panels, *beat_row()],
     )
+
+
+def beat_row() -> list[Json]:
+    """Celery beat: serving, ticking, sends and send errors, and each entry's runs."""
+
+    def by_entry(metric: str) -> str:
+        """The metric's largest value per entry (one of a redbeat standby pair)."""
+        return f"max by (entry) ({sel(metric)})"
+
+    def per_entry(how: Callable[[str], str], metric: str) -> str:
+        """A counter's rate or increase summed per entry."""
+        return f"sum by (entry) ({how(metric)})"
+
+    runs, errors = "celery_beat_entry_runs_total", "celery_beat_entry_send_errors_total"
+    return [
+        row("Beat"),
+        stat(
+            "Beats serving",
+            "Celery beat processes that answer scrapes (celery_beat_info, job celery-beat).",
+            or_zero(f"count({sel('celery_beat_info')})"),
+            "none",
+            thresholds=OK_WHEN_POSITIVE,
+        ),
+        stat(
+            "Since beat's last tick",
+            "Seconds since beat's scheduler last ticked; it ticks at least every "
+            "beat_max_loop_interval (300 s by default). CeleryBeatStuck fires past 10 minutes.",
+            f"time() - max({sel('celery_beat_last_tick_timestamp_seconds')})",
+            "s",
+        ),
+        stat(
+            "Beat send errors",
+            "Sends of periodic tasks that raised (broker unreachable, a bad option), over the "
+            "panel's interval.",
+            or_zero(f"sum({increase(errors)})"),
+            "none",
+            thresholds=OK_WHEN_ZERO,
+        ),
+        stat(
+            "Entries past the cap",
+            "Sends of entries past install(beat_max_entries=...), counted without series.",
+            or_zero(f"sum({sel('celery_beat_entries_overflow_total')})"),
+            "none",
+            thresholds=OK_WHEN_ZERO,
+        ),
+        timeseries(
+            "Periodic tasks sent",
+            "Tasks beat sent per second, by entry, and sends that raised.",
+            [
+                Target(per_entry(rate, runs), "{{entry}}"),
+                Target(per_entry(rate, errors), "{{entry}} errors"),
+            ],
+            "ops",
+            width=12,
+        ),
+        table(
+            "Periodic entries",
+            "Each beat entry: when it ran and runs next (negative: overdue; CeleryBeatEntryLate "
+            "fires 5 minutes past), and what beat sent over the panel's interval.",
+            "entry",
+            [
+                Column(
+                    "Next run in",
+                    f"{by_entry('celery_beat_entry_next_run_timestamp_seconds')} - time()",
+                    "s",
+                ),
+                Column(
+                    "Since last run",
+                    f"time() - {by_entry('celery_beat_entry_last_run_timestamp_seconds')}",
+                    "s",
+                ),
+                Column("Sent", per_entry(increase, runs), "none"),
+                Column("Send errors", per_entry(increase, errors), "none"),
+            ],
+            width=12,
+        ),
+    ]
 
 
 def tasks() -> Json:

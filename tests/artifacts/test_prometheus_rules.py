@@ -203,11 +203,11 @@ def test_alertmanager_config_is_valid() -> None:
 
 
 def test_prometheus_config_scrapes_both_jobs_and_loads_relative_rules() -> None:
-    """prometheus.yml scrapes celery-exporter on 9808 and celery-worker on 9809, rules relative."""
+    """prometheus.yml scrapes celery-exporter on 9808, celery-worker on 9809 and celery-beat."""
     config = load(PROM / "prometheus.yml")
     assert config["rule_files"] == ["rules/celery-recording.yml", "rules/celery-alerts.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert sorted(jobs) == ["celery-exporter", "celery-worker"]
+    assert sorted(jobs) == ["celery-beat", "celery-exporter", "celery-worker"]
     exporter_targets = jobs["celery-exporter"]["static_configs"][0]["targets"]
     worker_targets = jobs["celery-worker"]["static_configs"][0]["targets"]
     assert all(t.endswith(":9808") for t in exporter_targets)

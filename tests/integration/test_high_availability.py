@@ -100,6 +100,7 @@ def stack(logdir: Path) -> Iterator[Stack]:
         targets = {
             "celery-exporter": [f"127.0.0.1:{stays.port}", f"127.0.0.1:{restarts.port}"],
             "celery-worker": [],
+            "celery-beat": [],
         }
         # No Alertmanager: alerts are not under test, and nothing listens on this port.
         prometheus = resources.enter_context(

@@ -8,8 +8,10 @@ events, a backlog on a queue no worker consumes and one long task still running.
 scrapes both every second with the shipped rules; every recording rule and every dashboard
 query must return data (counters with a fixed set of labels start at 0; the oldest waiting
 message's age is 0 for an empty queue), except, in sidecar mode, exactly the panels only the
-in-worker exporter feeds (they say so with Grafana's noValue). Then the worker is killed, and the worker-down alert must fire in
-Prometheus and reach a webhook through a real Alertmanager.
+in-worker exporter feeds (they say so with Grafana's noValue). A real ``celery beat`` with the
+exporter installed is scraped as job ``celery-beat`` and feeds the overview's beat row. Then the
+worker is killed, and the worker-down alert must fire in Prometheus and reach a webhook through
+a real Alertmanager.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 import yaml
 
 from tests.support import taskapp
+from tests.support.beat import BeatProcess
 from tests.support.client import Client
 from tests.support.dashboards import PanelKey, empty_queries, load_generator, panel_keys
 from tests.support.expect import wait_metrics, wait_worker_up
@@ -183,9 +186,13 @@ def stack(request: pytest.FixtureRequest, logdir: Path) -> Iterator[Stack]:
                 return False
 
         wait_for(answers, START_TIMEOUT, 0.2, f"the {mode} exporter")
+        beat_dir = logdir / f"beat-{mode}"
+        beat_dir.mkdir(exist_ok=True)
+        beat = resources.enter_context(BeatProcess(redis.url(), beat_dir))
         targets = {
             "celery-exporter": [f"127.0.0.1:{daemon.port}"],
             "celery-worker": [f"127.0.0.1:{worker_port}"],
+            "celery-beat": [f"127.0.0.1:{beat.port}"],
         }
         prometheus = resources.enter_context(
             PrometheusServer(
@@ -238,7 +245,7 @@ def workload(stack: Stack) -> Stack:
 
 
 def test_both_jobs_are_scraped(workload: Stack) -> None:
-    """Prometheus scrapes the daemon as job celery-exporter and the worker as celery-worker."""
+    """Prometheus scrapes the daemon as celery-exporter, the worker as celery-worker, and beat."""
     prometheus = workload.prometheus
 
     def healthy() -> dict[str, str]:
@@ -246,9 +253,9 @@ def test_both_jobs_are_scraped(workload: Stack) -> None:
         return health if set(health.values()) == {"up"} else {}
 
     health = wait_for(healthy, PROMETHEUS_TIMEOUT, 0.5, "both targets to be up")
-    assert health == {"celery-exporter": "up", "celery-worker": "up"}
+    assert health == {"celery-exporter": "up", "celery-worker": "up", "celery-beat": "up"}
     up = {r["metric"]["job"]: r["value"][1] for r in prometheus.query("up")}
-    assert up == {"celery-exporter": "1", "celery-worker": "1"}
+    assert up == {"celery-exporter": "1", "celery-worker": "1", "celery-beat": "1"}
 
 
 def test_every_recording_rule_has_data(workload: Stack) -> None:
