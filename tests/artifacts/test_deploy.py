@@ -287,11 +287,11 @@ def bind_mounts(service: Mapping[str, Any]) -> list[tuple[Path, str]]:
 
 
 def test_compose_has_the_whole_stack_with_pinned_images() -> None:
-    """Redis, worker, sidecar, producer, exporter, Prometheus, Alertmanager, Grafana; exact tags."""
+    """Redis, worker, sidecar, producer, beat, exporter, Prometheus, Alertmanager, Grafana."""
     found = services()
     assert set(found) == {
-        "redis", "worker", "sidecar", "producer", "exporter", "prometheus", "alertmanager",
-        "grafana",
+        "redis", "worker", "sidecar", "producer", "beat", "exporter", "prometheus",
+        "alertmanager", "grafana",
     }  # fmt: skip
     for name, service in found.items():
         if "build" in service:
@@ -313,7 +313,7 @@ def test_compose_bind_mounts_exist_in_the_repository() -> None:
             assert source.exists(), (name, source)
             assert ROOT in source.parents, (name, source)
             mounted += 1
-    assert mounted == 7  # worker and producer: the app; Prometheus 2, Alertmanager 1, Grafana 2
+    assert mounted == 8  # worker, producer, beat: the app; Prometheus 2, Alertmanager 1, Grafana 2
 
 
 def test_compose_monitoring_mounts_where_the_images_read() -> None:
@@ -367,11 +367,15 @@ def listening(service: Mapping[str, Any]) -> set[int]:
 
 
 def test_compose_prometheus_scrapes_the_services_that_exist() -> None:
-    """The scrape jobs celery-exporter and celery-worker name compose services on their ports."""
+    """The scrape jobs celery-exporter, celery-worker, celery-beat name services on their ports."""
     found = services()
     config = read_yaml(SAMPLE_APP / "prometheus.yml")
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    expected = {"celery-exporter": ("exporter", 9808), "celery-worker": ("sidecar", 9809)}
+    expected = {
+        "celery-exporter": ("exporter", 9808),
+        "celery-worker": ("sidecar", 9809),
+        "celery-beat": ("beat", 9810),
+    }
     assert set(jobs) == set(expected)
     for job_name, (service, port) in expected.items():
         targets = [t for sc in jobs[job_name]["static_configs"] for t in sc["targets"]]
@@ -449,6 +453,7 @@ def test_compose_ports_are_published_on_loopback_only() -> None:
     expected = {
         "exporter": {"127.0.0.1:9808:9808"},
         "sidecar": {"127.0.0.1:9809:9809"},
+        "beat": {"127.0.0.1:9810:9810"},
         "prometheus": {"127.0.0.1:9090:9090"},
         "alertmanager": {"127.0.0.1:9093:9093"},
         "grafana": {"127.0.0.1:3000:3000"},
@@ -724,13 +729,15 @@ def port_number(c: Mapping[str, Any], name: str) -> int:
 
 EXPORTER = ("Deployment", "celery-exporter")
 WORKER = ("Deployment", "celery-worker")
+BEAT = ("Deployment", "celery-beat")
 
 
 def test_kubernetes_files_hold_the_expected_objects() -> None:
-    """The exporter Deployment and Service, the worker example, a ServiceMonitor and a PodMonitor."""
+    """The exporter Deployment and Service, worker and beat examples, a ServiceMonitor, PodMonitors."""
     assert set(manifests()) == {
-        EXPORTER, ("Service", "celery-exporter"), WORKER,
+        EXPORTER, ("Service", "celery-exporter"), WORKER, BEAT,
         ("ServiceMonitor", "celery-exporter"), ("PodMonitor", "celery-worker"),
+        ("PodMonitor", "celery-beat"),
     }  # fmt: skip
     for (kind, _), doc in manifests().items():
         if kind in CRD_KINDS:
@@ -786,6 +793,30 @@ def test_kubernetes_podmonitor_scrapes_the_sidecars_as_job_celery_worker() -> No
     ]
 
 
+def test_kubernetes_beat_podmonitor_scrapes_beat_as_job_celery_beat() -> None:
+    """The beat PodMonitor selects the one beat pod, scrapes its 9809 and sets job=celery-beat."""
+    monitor = manifests()[("PodMonitor", "celery-beat")]["spec"]
+    deployment = manifests()[BEAT]["spec"]
+    assert (deployment["replicas"], deployment["strategy"]) == (1, {"type": "Recreate"})
+    labels = deployment["template"]["metadata"]["labels"]
+    assert monitor["selector"]["matchLabels"].items() <= labels.items()
+    assert not monitor["selector"]["matchLabels"].items() <= pod_labels(WORKER).items()
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    beat = container(pod_spec(BEAT), "beat")
+    assert port_number(beat, endpoint["port"]) == 9809
+    assert "beat" in beat["command"]
+    assert beat["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "beat-metrics"}
+    assert endpoint["relabelings"] == [
+        {"action": "replace", "targetLabel": "job", "replacement": "celery-beat"}
+    ]
+
+
+def pod_labels(kind_name: tuple[str, str]) -> dict[str, str]:
+    """The pod template labels of a Deployment."""
+    labels: dict[str, str] = manifests()[kind_name]["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
 def test_kubernetes_sidecar_is_native_and_shares_the_process_namespace() -> None:
     """The sidecar is an init container with restartPolicy Always in a shared process namespace."""
     spec = pod_spec(WORKER)
@@ -806,7 +837,7 @@ def effective(spec: Mapping[str, Any], c: Mapping[str, Any], key: str) -> Any:
 
 def test_kubernetes_containers_run_unprivileged() -> None:
     """Every container runs as the image's non-root UID with no privilege escalation or capabilities."""
-    for name in (EXPORTER, WORKER):
+    for name in (EXPORTER, WORKER, BEAT):
         spec = pod_spec(name)
         assert spec["automountServiceAccountToken"] is False
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -837,8 +868,9 @@ def test_kubernetes_kustomize_builds_with_the_image_set() -> None:
     assert result.returncode == 0, result.stderr
     docs = list(yaml.safe_load_all(result.stdout))
     assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
-        ("Deployment", "celery-exporter"), ("PodMonitor", "celery-worker"),
-        ("Service", "celery-exporter"), ("ServiceMonitor", "celery-exporter"),
+        ("Deployment", "celery-exporter"), ("PodMonitor", "celery-beat"),
+        ("PodMonitor", "celery-worker"), ("Service", "celery-exporter"),
+        ("ServiceMonitor", "celery-exporter"),
     ]  # fmt: skip
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
@@ -856,7 +888,7 @@ def test_kubernetes_manifests_match_the_api_schema() -> None:
             continue
         validator.validate(doc, "1.29.0", strict=True)
         checked += 1
-    assert checked == 3
+    assert checked == 4
 
 
 def test_kubernetes_readme_explains_the_deployment() -> None:
@@ -897,7 +929,7 @@ def test_kubernetes_high_availability_runs_two_replicas_one_rolled_at_a_time(
 ) -> None:
     """The HA component: 2 replicas, maxSurge 0, spread over nodes, a PDB; else the base Deployment."""
     built = kustomize_high_availability(tmp_path)
-    assert sorted(built) == sorted([*[k for k in manifests() if k != WORKER], PDB])
+    assert sorted(built) == sorted([*[k for k in manifests() if k not in (WORKER, BEAT)], PDB])
     deployment = built[EXPORTER]
     spec = deployment["spec"]
     assert spec["replicas"] == 2
