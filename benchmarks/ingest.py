@@ -8,9 +8,12 @@ exporter's CPU per event, its peak memory, the cost of a scrape, and the events 
 
     .venv/bin/python benchmarks/ingest.py --events 200000 [--json]
     .venv/bin/python benchmarks/ingest.py --events 200000 --baseline --repeat 5
+    .venv/bin/python benchmarks/ingest.py --events 200000 --compare-task-view --repeat 5
 
 ``--baseline`` gives the same burst to the minimal consumer of ingest_baseline.py, on the
-exporter's core, and prints both CPU costs per event and their ratio.
+exporter's core, and prints both CPU costs per event and their ratio. ``--compare-task-view``
+runs the exporter with and without ``--no-web.task-api`` in alternating order, ``--repeat``
+rounds, and prints each one's median CPU per event and the ratio on / off.
 
 Nothing here asserts a timing: benchmarks/README.md has the figures and the targets.
 """
@@ -60,6 +63,8 @@ DEFAULT_CMD = (
     "--no-enable-events --log-level warning"
 )
 OUTCOMES = ("succeeded", "failed", "retried")
+#: The flag that turns the task view (and its records) off, for --compare-task-view.
+TASK_VIEW_OFF = "--no-web.task-api"
 EVENTS_TOTAL = "celery_exporter_events_total"
 
 TASK_NAMES = tuple(
@@ -543,6 +548,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "starts")  # fmt: skip
     add("--repeat", type=int, default=1,
         help="runs on the same traffic (fresh Redis and processes each), then the medians")  # fmt: skip
+    add("--compare-task-view", action="store_true",
+        help="each of the --repeat rounds runs the exporter with the task view and with "
+        f"{TASK_VIEW_OFF}, in alternating order; prints the medians and on/off")  # fmt: skip
     add("--json", action="store_true", help="print the results as one JSON object")
     return p.parse_args(argv)
 
@@ -976,6 +984,50 @@ def summary(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def compare_task_view(args: argparse.Namespace, built: tuple[Traffic, float]) -> int:
+    """Rounds of two runs on the same burst, task view on and off; medians and their ratio."""
+    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    if not args.json:
+        m = machine_info()
+        print(f"-- {datetime.now(timezone.utc).isoformat(timespec='seconds')}, revision "
+              f"{revision()}, {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}; "
+              f"{built[0].events} events")  # fmt: skip
+    for n in range(args.repeat):
+        for view in ("on", "off") if n % 2 == 0 else ("off", "on"):
+            cmd = args.exporter_cmd + (f" {TASK_VIEW_OFF}" if view == "off" else "")
+            ready = args.ready_path or ("/readyz" if args.exporter_cmd == DEFAULT_CMD else None)
+            result = run(argparse.Namespace(**{**vars(args), "exporter_cmd": cmd,
+                                                "ready_path": ready}), built)  # fmt: skip
+            runs[view].append(result)
+            if not args.json:
+                print(f"-- round {n + 1} of {args.repeat}, task view {view}: "
+                      f"{result['cpu_ms_per_1000_events']} ms CPU per 1 000 events, "
+                      f"{result['events_per_s']} events/s, peak RSS {result['peak_rss_mb']} MB, "
+                      f"lost {sum(result['lost'].values())}, load average "
+                      f"{result['load_average']}", flush=True)  # fmt: skip
+    cpu = {view: [r["cpu_ms_per_1000_events"] for r in got] for view, got in runs.items()}
+    medians = {view: statistics.median(v) if None not in v else None for view, v in cpu.items()}
+    on, off = medians["on"], medians["off"]
+    per_round = [a / b if a and b else None for a, b in zip(cpu["on"], cpu["off"], strict=True)]
+    summary = {
+        "rounds": args.repeat,
+        "cpu_ms_per_1000_events": cpu,
+        "median_cpu_ms_per_1000_events": medians,
+        "ratio_on_off": round(on / off, 3) if on and off else None,
+        "ratios_by_round": [None if r is None else round(r, 3) for r in per_round],
+        "peak_rss_mb": {view: [r["peak_rss_mb"] for r in got] for view, got in runs.items()},
+        "events_per_s": {view: [r["events_per_s"] for r in got] for view, got in runs.items()},
+        "all_counted": all(r["complete"] for got in runs.values() for r in got),
+    }
+    if args.json:
+        print(json.dumps({**summary, "results": runs}))
+    else:
+        print(f"-- {args.repeat} rounds, task view on and off")
+        for key, got in summary.items():
+            print(f"{key:>30}: {got}")
+    return 0 if summary["all_counted"] else 1
+
+
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds run(), which stops everything it started
 
@@ -987,6 +1039,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         built = build_traffic(args, lambda m: None if args.json else print(m, file=sys.stderr))
+        if args.compare_task_view:
+            return compare_task_view(args, built)
         for n in range(args.repeat):
             result = run(args, built)
             results.append(result)
