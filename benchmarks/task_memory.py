@@ -334,10 +334,10 @@ def _per_record(state: Any) -> None:
         record = next(iter(reversed(table.values())))
         size = _counter()
         parts = {"record": sys.getsizeof(record), "history": size(record.history)}
-        floats = [getattr(record, name, None) for name in ("updated", "received", "started",
-                                                           "finished", "runtime")]  # fmt: skip
-        parts["times"] = sum(size(x) for x in [*floats, *record.history[1::3]])
-        for name in ("id", "root_id", "exception_repr", "traceback"):
+        times = [getattr(record, name, None) for name in ("received", "started", "finished",
+                                                          "runtime")]  # fmt: skip
+        parts["times"] = sum(size(x) for x in [*times, *record.history[1::3]])
+        for name in ("seq", "id", "root_id", "exception_repr", "traceback"):
             parts[name] = size(getattr(record, name, None))
         parts["dict entry"] = round(_dict_bytes(len(table)) / len(table))
         print(f"   per {label} record: {sum(parts.values()):,} B = " +
@@ -345,11 +345,16 @@ def _per_record(state: Any) -> None:
 
 
 def _counter() -> Callable[[Any], int]:
-    """sys.getsizeof of strings, floats and lists, each object counted once."""
+    """sys.getsizeof of strings, numbers and lists, each object counted once.
+
+    Small ints are shared by the interpreter, so they count nothing.
+    """
     seen: set[int] = set()
 
     def size(obj: Any) -> int:
-        if obj is None or id(obj) in seen or not isinstance(obj, (str, float, list)):
+        if type(obj) is int and -5 <= obj <= 256:
+            return 0
+        if obj is None or id(obj) in seen or not isinstance(obj, (str, int, float, list)):
             return 0
         seen.add(id(obj))
         return sys.getsizeof(obj)
