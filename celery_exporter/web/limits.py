@@ -9,6 +9,8 @@ Each connection has a thread, so:
 - a keep-alive connection may wait :data:`IDLE_TIMEOUT` for its next request;
 - a head is at most :data:`MAX_HEAD_BYTES` long with :data:`MAX_HEADERS` headers: ``414`` for a
   longer request line, ``431`` otherwise, then the connection is closed;
+- a request body (a POST's) is at most :data:`MAX_BODY_BYTES` (``413`` beyond, and the
+  connection is closed) and must arrive within :data:`HEAD_TIMEOUT` of its head;
 - one write of a response may block :data:`SEND_TIMEOUT` on a client that does not read.
 
 When the cap is reached, a new connection makes room by closing the connection that has waited
@@ -49,6 +51,8 @@ MAX_HEAD_BYTES = 8192
 MAX_HEADERS = 100
 #: Longest one write of a response may block on a client that does not read.
 SEND_TIMEOUT = 30.0
+#: Longest request body, in bytes.
+MAX_BODY_BYTES = 64 * 1024
 
 WAITING, BUSY = "waiting", "busy"
 _REASONS = {414: "URI Too Long", 431: "Request Header Fields Too Large"}
@@ -64,6 +68,7 @@ class Limits:
     max_head_bytes: int = MAX_HEAD_BYTES
     max_headers: int = MAX_HEADERS
     send_timeout: float = SEND_TIMEOUT
+    max_body_bytes: int = MAX_BODY_BYTES
 
 
 class Connection:
@@ -191,6 +196,17 @@ class HeadReader:
         head, self.buffer = self.buffer[:end], self.buffer[end:]
         self.served += 1
         return head
+
+    def body(self, length: int) -> bytes | None:
+        """The ``length`` bytes after the head, within :data:`HEAD_TIMEOUT`; None when cut short."""
+        deadline = time.monotonic() + self.limits.head_timeout
+        while len(self.buffer) < length:
+            chunk = self._receive(deadline - time.monotonic(), "header_timeout")
+            if not chunk:
+                return None
+            self.buffer += chunk
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return body
 
     def _receive(self, timeout: float, reason: str) -> bytes:
         """What the client sends within ``timeout``; empty when it closed or took too long."""

@@ -1,7 +1,9 @@
 """The HTTP endpoints: ``/`` landing page, ``/metrics``, ``/healthz`` and ``/readyz``.
 
-More GET paths plug in as :data:`Route` callables (``routes``), tried in order after the
+More paths plug in as :data:`Route` callables (``routes``), tried in order after the
 built-in paths and behind the same TLS and basic auth; ``links`` adds them to the landing page.
+A POST reaches the routes only (404 when none answers), with its body (at most
+``max_body_bytes``, 413 beyond) and the authenticated user.
 
 A scrape only renders what the collectors already hold; nothing here talks to the broker.
 Slow and idle clients are bounded as :mod:`.limits` describes (a deadline for each request's
@@ -58,12 +60,17 @@ _LANDING = """<!doctype html>
 
 @dataclass(frozen=True)
 class Request:
-    """One request as a route sees it: ``path`` still percent-encoded, ``query`` after the ``?``."""
+    """One request as a route sees it: ``path`` still percent-encoded, ``query`` after the ``?``.
+
+    ``user`` is the basic auth user the request authenticated as (None without basic auth).
+    """
 
     method: str
     path: str
     query: str
     headers: Message
+    body: bytes = b""
+    user: str | None = None
 
 
 class Response(NamedTuple):
@@ -271,16 +278,46 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             super().handle_one_request()
             conn.set(WAITING)
 
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+        def _authenticate(self, path: str) -> tuple[bool, str | None]:
+            """Whether the request may go on, and as which user; answers 401 when it may not."""
             self.web = server.web_config()
-            if not (path == "/healthz" and server.healthz_open) and not self.web.check_header(
-                self.headers.get("Authorization")
-            ):
+            if not self.web.auth_required or (path == "/healthz" and server.healthz_open):
+                return True, None
+            user = self.web.user_of(self.headers.get("Authorization"))
+            if user is None:
                 self._send(
                     401, b"unauthorized\n", "text/plain; charset=utf-8",
                     {"WWW-Authenticate": 'Basic realm="celery-exporter", charset="UTF-8"'},
                 )  # fmt: skip
+            return user is not None, user
+
+        def do_POST(self) -> None:
+            path = self.path.split("?", 1)[0]
+            self.web = server.web_config()
+            length = self.headers.get("Content-Length", "0").strip()
+            if self.headers.get("Transfer-Encoding") or not length.isdigit():
+                self.close_connection = True
+                self._send(411, b"a POST needs a Content-Length\n", "text/plain; charset=utf-8",
+                           {"Connection": "close"})  # fmt: skip
+                return
+            if int(length) > limits.max_body_bytes:
+                self.close_connection = True
+                body = f"request body over {limits.max_body_bytes} bytes\n".encode()
+                self._send(413, body, "text/plain; charset=utf-8", {"Connection": "close"})
+                return
+            assert self._reader is not None
+            data = self._reader.body(int(length))
+            if data is None:
+                self.close_connection = True
+                return
+            allowed, user = self._authenticate(path)
+            if allowed:
+                self._routed(path, data, user)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            allowed, user = self._authenticate(path)
+            if not allowed:
                 return
             if path == "/metrics":
                 self._metrics()
@@ -296,12 +333,14 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             elif path in ("/", ""):
                 self._send(200, server.landing(), "text/html; charset=utf-8")
             else:
-                self._routed(path)
+                self._routed(path, b"", user)
 
-        def _routed(self, path: str) -> None:
+        def _routed(self, path: str, body: bytes, user: str | None) -> None:
             query = self.path.split("?", 1)[1] if "?" in self.path else ""
             try:
-                response = server.route(Request(self.command, path, query, self.headers))
+                response = server.route(
+                    Request(self.command, path, query, self.headers, body, user)
+                )
             except Exception:
                 log.exception("route_failed", path=path[:200])
                 self._send(500, b"internal error\n", "text/plain; charset=utf-8")

@@ -97,17 +97,19 @@ class WebConfig:
 
     def check_header(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries valid basic auth credentials."""
-        if not self.users:
-            return True
+        return not self.users or self.user_of(header) is not None
+
+    def user_of(self, header: str | None) -> str | None:
+        """The user an ``Authorization`` header authenticates; None unless its password matches."""
         scheme, _, token = (header or "").strip().partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
             text = base64.b64decode(token.strip(), validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
-            return False
+            return None
         user, sep, password = text.partition(":")
-        return bool(sep) and self.check(user, password)
+        return user if sep and self.check(user, password) else None
 
 
 def load(path: str | Path) -> WebConfig:
