@@ -23,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sidecar(args[1:])
     cfg = config_module.load(args, os.environ)
     secrets = url_secrets(cfg.broker_url) | url_secrets(cfg.rabbitmq_management_url or "")
+    secrets |= url_secrets(cfg.result_backend or "")
     log.configure(cfg.log_level, cfg.log_format, secrets=secrets)
     from .daemon import Daemon
 

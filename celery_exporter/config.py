@@ -74,6 +74,8 @@ class Config:
     event_queue_expires: float
     event_queue_max_length: int
     web_stuck_after: float
+    web_enable_control: bool
+    result_backend: str | None
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,8 @@ def _parse(
         values = resolve(namespace, environ, options)
         if values.get("event_queue") is not None:
             check_event_queue(values["broker_url"])
+        if values.get("web_enable_control"):
+            check_control(values)
         return values
     except ConfigError as exc:
         parser.error(str(exc))
@@ -209,6 +213,21 @@ def check_event_queue(broker_url: str) -> None:
         f"--event-queue: RabbitMQ only (amqp:// or amqps://), not {', '.join(sorted(schemes))}: "
         f"{why} (see README, Exporter restarts)"
     )
+
+
+def check_control(values: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` unless ``--web.enable-control`` has basic auth and the view."""
+    from .web.webconfig import load as load_web_config
+
+    path = values.get("web_config_file")
+    if path is None or not load_web_config(path).auth_required:
+        raise ConfigError(
+            "--web.enable-control: task control needs basic auth: add basic_auth_users (user "
+            "name: bcrypt hash) to the file given with --web.config.file (see README, Task control)"
+        )
+    if not values.get("web_task_api", True):
+        raise ConfigError("--web.enable-control: task control needs the task view: drop "
+                          "--no-web.task-api")  # fmt: skip
 
 
 def load(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
@@ -250,6 +269,8 @@ def from_values(values: Mapping[str, Any]) -> Config:
         event_queue_expires=values["event_queue_expires"],
         event_queue_max_length=values["event_queue_max_length"],
         web_stuck_after=values["web_stuck_after"],
+        web_enable_control=values["web_enable_control"],
+        result_backend=values["result_backend"],
     )
 
 

@@ -14,6 +14,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .broker import Broker, celery_app
+from .broker.control import Controller
 from .broker.measure import backend_for
 from .collectors.base import Collector, Collectors
 from .collectors.event_queue import EventQueueCollector
@@ -29,6 +30,7 @@ from .internal import InternalErrors
 from .log import get_logger
 from .state import ClusterState, WorkerQueues
 from .web.api import TaskApi
+from .web.control import ControlActions, TaskControl
 from .web.health import Health
 from .web.pages import LINKS, TaskPages
 from .web.server import MetricsServer, Route
@@ -128,7 +130,7 @@ class Daemon:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        routes, links = self._task_view(config, collectors)
+        routes, links = self._task_view(config, collectors, web)
         self.server = MetricsServer(
             config.host, config.port, self.registry, self.health.view,
             web=web, healthz_open=config.web_healthz_unauthenticated, routes=routes, links=links,
@@ -199,15 +201,28 @@ class Daemon:
         return pollers
 
     def _task_view(
-        self, config: Config, collectors: list[Collector]
+        self, config: Config, collectors: list[Collector], web: WebConfigWatcher | None
     ) -> tuple[list[Route], tuple[tuple[str, str], ...]]:
-        """The task view's routes and landing page links; none with ``--no-web.task-api``."""
+        """The task view's routes and landing page links; none with ``--no-web.task-api``.
+
+        With ``--web.enable-control`` (which config checked has basic auth) the control
+        routes come first, and the counter of their actions is registered.
+        """
         if not config.settings.web_task_api:
             return [], ()
         inspect = next((c for c in collectors if isinstance(c, InspectCollector)), None)
         queues = next((c for c in collectors if isinstance(c, QueueCollector)), None)
         api = TaskApi(self.state, inspect, queues, show_args=config.settings.web_show_task_args)
-        return [api, TaskPages(api, config.web_stuck_after)], LINKS
+        if not config.web_enable_control or web is None:
+            return [api, TaskPages(api, config.web_stuck_after)], LINKS
+        actions = ControlActions()
+        self.registry.register(actions)
+        controller = Controller(self.app, config.result_backend)
+        if controller.backend_error is not None:
+            log.error("result_backend_unusable", error=controller.backend_error)
+        control = TaskControl(controller, self.state, lambda: web.current().auth_required, actions)
+        pages = TaskPages(api, config.web_stuck_after, form_token=control.form_token)
+        return [control, api, pages], LINKS
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("signal_received", signal=signal.Signals(signum).name)

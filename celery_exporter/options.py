@@ -23,6 +23,7 @@ from .parsers import (
     parse_port,
     parse_queues,
     parse_regex,
+    parse_result_backend,
     parse_ssl_pair,
     parse_web_config_file,
     positive_int,
@@ -140,6 +141,12 @@ OPTIONS: tuple[Option, ...] = (
            10_000, positive_int, metavar="N"),
     Option("--web.stuck-after", "The task view marks a task stuck when it started this long ago "
            "and has not finished.", 900.0, parse_duration, metavar="DURATION"),
+    Option("--web.enable-control", "Serve task control: revoke, terminate and retry tasks from "
+           "the API and the task pages; needs basic_auth_users in --web.config.file.", False,
+           parse_bool, "bool"),
+    Option("--result-backend", "The Celery app's result backend, e.g. redis://localhost:6379/1, "
+           "where task control's retry reads a task's arguments (result_extended = True).",
+           None, parse_result_backend, metavar="URL"),
 )  # fmt: skip
 #: Broker URL schemes that keep a named queue for a consumer that is gone (RabbitMQ).
 EVENT_QUEUE_SCHEMES = ("amqp", "amqps", "pyamqp")

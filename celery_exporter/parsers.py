@@ -114,6 +114,21 @@ def parse_broker_url(text: str) -> str:
     return url
 
 
+def parse_result_backend(text: str) -> str:
+    """A Celery result backend URL that stores results by task id (redis://, db+..., not rpc://)."""
+    from celery.app.backends import BACKEND_ALIASES
+
+    url = text.strip()
+    scheme, sep, _ = url.partition("://")
+    name = scheme.split("+", 1)[0].lower()
+    if not sep or name not in BACKEND_ALIASES or name in ("rpc", "disabled"):
+        raise ValueError(
+            "expected a result backend URL that stores results by task id, such as "
+            "redis://localhost:6379/1 (rpc:// keeps none)"
+        )
+    return url
+
+
 def _option_value(text: str) -> Any:
     try:
         return json.loads(text)

@@ -263,6 +263,17 @@ class ClusterState:
                 return None
             return queries.task_detail(record, self.settings.web_show_task_args)
 
+    def link_retry(self, task_id: str, new_id: str) -> bool:
+        """Note that ``new_id`` was sent in place of ``task_id``; False if it has no record."""
+        if self.records is None:
+            return False
+        with self.lock:
+            record = self.records.get(task_id)
+            if record is None:
+                return False
+            record.retried_as = new_id
+            return True
+
     def failures(self, since: float) -> list[dict[str, Any]]:
         """Failures in the last ``since`` seconds by task name and exception, most first."""
         if self.records is None:

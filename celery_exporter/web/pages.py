@@ -12,18 +12,20 @@ the daemon):
 - ``--web.stuck-after``: a started task running longer than this is marked "stuck" on
   ``/tasks``.
 - ``--web.show-task-args``: whether task arguments are shown (as for the API).
+- ``--web.enable-control``: whether ``/tasks/<id>`` shows the Revoke, Terminate and Retry
+  buttons (their forms post to :mod:`.control` with the user's ``csrf_token``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from ..state.records import STATES
+from ..state.records import FINAL_STATES, STATES
 from .api import (
     COMMON_HEADERS,
     TASK_PARAMETERS,
@@ -103,9 +105,16 @@ def environment() -> Environment:
 class TaskPages:
     """The HTML route: one page per JSON endpoint, rendered from the same data."""
 
-    def __init__(self, api: TaskApi, stuck_after: float) -> None:
+    def __init__(
+        self,
+        api: TaskApi,
+        stuck_after: float,
+        form_token: Callable[[str | None], str | None] | None = None,
+    ) -> None:
         self.api = api
         self.stuck_after = stuck_after
+        #: The control forms' token for a user; None without ``--web.enable-control``.
+        self.form_token = form_token
         self.env = environment()
 
     def __call__(self, request: Request) -> Response | None:
@@ -135,7 +144,7 @@ class TaskPages:
         if path in ("/tasks", "/tasks/"):
             return self._tasks(base, params)
         if path.startswith("/tasks/"):
-            return self._task(base, unquote(path[len("/tasks/") :]))
+            return self._task(base, unquote(path[len("/tasks/") :]), request.user)
         if path == f"/{page}":
             return self._other(base, page, params)
         return None
@@ -156,12 +165,20 @@ class TaskPages:
             200, "tasks.html", base, form=form, error=None, stuck_after=self.stuck_after, **found
         )
 
-    def _task(self, base: dict[str, Any], task_id: str) -> Response:
+    def _task(self, base: dict[str, Any], task_id: str, user: str | None) -> Response:
         detail = self.api.task(task_id)
         if detail is None:
             return self._render(404, "error.html", base, error=f"No task {task_id!r} is known.")
         detail["stuck"] = self._stuck(detail, base["now"])
-        return self._render(200, "task.html", base, task=detail)
+        control = None
+        if self.form_token is not None:
+            finished = detail["state"] in FINAL_STATES
+            control = {
+                "token": self.form_token(user) or "",
+                "can_revoke": not finished,
+                "can_retry": detail["state"] in ("failed", "revoked", "rejected"),
+            }
+        return self._render(200, "task.html", base, task=detail, control=control)
 
     def _stuck(self, task: Mapping[str, Any], now: float) -> bool:
         """Whether the task started longer than ``--web.stuck-after`` ago and still runs."""

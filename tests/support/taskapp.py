@@ -4,13 +4,16 @@ The broker URL comes from the ``CELERY_EXPORTER_TEST_BROKER`` environment variab
 process (which sends tasks) and the worker processes (which run them) share one private Redis.
 With ``CELERY_EXPORTER_TEST_WORKER_PORT`` set, workers run the in-worker exporter on that port
 and send no events at all (that mode needs none); ``CELERY_EXPORTER_TEST_EVENTS=0`` turns events
-off without it (a baseline for benchmarks).
+off without it (a baseline for benchmarks). ``CELERY_EXPORTER_TEST_RESULT_BACKEND`` gives the
+app a result backend with ``result_extended`` (task control's retry reads calls from it); only
+tasks that keep their result (``fail_once``) store anything.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from celery import Celery
 from celery.exceptions import Reject
@@ -20,6 +23,7 @@ from celery_exporter.worker import install
 BROKER_ENV = "CELERY_EXPORTER_TEST_BROKER"
 WORKER_PORT_ENV = "CELERY_EXPORTER_TEST_WORKER_PORT"
 EVENTS_ENV = "CELERY_EXPORTER_TEST_EVENTS"
+RESULT_BACKEND_ENV = "CELERY_EXPORTER_TEST_RESULT_BACKEND"
 #: How often the in-worker exporter looks for pool processes that started or ended (quick for
 #: the tests; benchmarks set the default, 1 s, through this variable).
 SAMPLE_INTERVAL = float(os.environ.get("CELERY_EXPORTER_TEST_SAMPLE_INTERVAL", "0.2"))
@@ -33,6 +37,8 @@ app.conf.update(
     broker_connection_max_retries=None,
     worker_hijack_root_logger=False,
 )
+if os.environ.get(RESULT_BACKEND_ENV):
+    app.conf.update(result_backend=os.environ[RESULT_BACKEND_ENV], result_extended=True)
 if os.environ.get(WORKER_PORT_ENV) or os.environ.get(EVENTS_ENV) == "0":
     app.conf.worker_send_task_events = False
 if os.environ.get(WORKER_PORT_ENV):
@@ -97,6 +103,22 @@ def hard_timeout() -> None:
 @app.task(name="taskapp.revoked")
 def revoked() -> None:
     """Never meant to run: sent with a countdown and revoked before it is due."""
+
+
+@app.task(name="taskapp.fail_once", ignore_result=False)
+def fail_once(marker: str, value: int, label: str = "") -> str:
+    """Fail on the first run (which creates the file ``marker``), return on the next ones."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("ran once\n")
+        raise RuntimeError(f"first run of {label}")
+    return f"{label}:{value}"
+
+
+@app.task(name="taskapp.touch")
+def touch(marker: str) -> None:
+    """Create the file ``marker``: proof that the task ran."""
+    Path(marker).write_text("ran\n")
 
 
 @app.task(name="taskapp.reject", acks_late=True)

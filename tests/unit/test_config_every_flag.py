@@ -53,6 +53,9 @@ BAD: dict[str, tuple[str, str]] = {
     "--web.show-task-args": ("2", BOOL),
     "--max-finished-tasks": ("-5", COUNT),
     "--web.stuck-after": ("soon", DURATION),
+    "--web.enable-control": ("sometimes", BOOL),
+    "--result-backend": ("rpc://", "expected a result backend URL that stores results by task "
+                         "id, such as redis://localhost:6379/1 (rpc:// keeps none)"),
 }  # fmt: skip
 
 

@@ -145,7 +145,7 @@ def test_task_detail(server: Any) -> None:
         "runtime": 1.0, "retries": 0, "exception": "ValueError", "eta": None, "progress": None,
         "exception_message": "bad input",
         "traceback": "Traceback (most recent call last):\n  ...\nValueError('bad input')\n",
-        "parent_id": None, "root_id": "t-fail",
+        "parent_id": None, "root_id": "t-fail", "retried_as": None,
         "history": [
             {"type": "task-received", "timestamp": T0 + 10, "worker": W1},
             {"type": "task-started", "timestamp": T0 + 11, "worker": W1},
