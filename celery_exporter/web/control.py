@@ -224,6 +224,8 @@ class TaskControl:
         self.actions = actions or ControlActions()
         self.tokens = tokens or CsrfTokens()
         self.env = environment()
+        # One retry at a time: two clicks on Retry must not send the task twice.
+        self._retrying = threading.Lock()
 
     def form_token(self, user: str | None) -> str | None:
         """The token for the forms a page shows ``user``; None when control cannot be used."""
@@ -250,7 +252,8 @@ class TaskControl:
                 self.controller.revoke(task_id, terminate, signal)
                 answer = {"id": task_id, "action": action, "requested_by": user}
             else:
-                answer = {"id": task_id, "new_id": self._retry(task_id)}
+                with self._retrying:
+                    answer = {"id": task_id, "new_id": self._retry(task_id)}
             status, message = 202, ""
         except (Refused, ControlError) as exc:
             status, message = exc.status, str(exc)

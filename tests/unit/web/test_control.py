@@ -13,6 +13,7 @@ import http.client
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ class Recorder:
     stored: dict[str, StoredCall] = field(default_factory=dict)
     error: ControlError | None = None
     calls: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Cleared, it holds send_again until set (a slow broker).
+    sending: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.sending.set()
 
     def revoke(self, task_id: str, terminate: bool, signal: str) -> None:
         if self.error is not None:
@@ -68,6 +74,7 @@ class Recorder:
         return self.stored.get(task_id, StoredCall(task_id, "PENDING", None, None, None, None))
 
     def send_again(self, call: StoredCall) -> str:
+        assert self.sending.wait(10), "send_again was never let through"
         new_id = f"new-{len(self.calls) + 1}"
         self.calls.append(("send", call.name, call.args, call.kwargs, call.queue))
         return new_id
@@ -408,6 +415,28 @@ def test_retry_sends_the_stored_call_and_links_the_records(r: Rig) -> None:
         409, {"error": "task 't-fail' was already retried as 'new-1'"}
     )  # fmt: skip
     assert len(r.recorder.calls) == 1
+
+
+def test_two_retries_at_once_send_one_task(r: Rig) -> None:
+    """Two Retry clicks at once: the first sends the task, the second is 409, not a second copy."""
+    r.recorder.stored["t-fail"] = stored("t-fail")
+    r.recorder.sending.clear()
+    answers: list[tuple[int, Any]] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(r.api("/api/v1/tasks/t-fail/retry")))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # both requests are in: one waits on the broker, the other on the first
+    r.recorder.sending.set()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(answers, key=lambda a: a[0]) == [
+        (202, {"id": "t-fail", "new_id": "new-1"}),
+        (409, {"error": "task 't-fail' was already retried as 'new-1'"}),
+    ]
+    assert r.recorder.calls == [("send", "app.fail", [1], {"x": 2}, "celery")]
 
 
 @pytest.mark.parametrize(
