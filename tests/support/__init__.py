@@ -19,6 +19,8 @@ One module per concept; import from the modules:
   inspect and queue collectors after one poll, a server with the API and pages
 * :mod:`.taskview_stack`: the task view's end-to-end stack (private Redis, exporter, worker),
   its known workload and JSON API helpers
+* :mod:`.control`: task control's end-to-end stack (basic auth, a result backend, an event tap
+  recording the broker's events) and requests as a basic auth user
 
 The names below are re-exported for the callers that still import them from the package.
 """
