@@ -628,3 +628,34 @@ def test_get_on_a_control_path_does_nothing(r: Rig) -> None:
     assert request(r.server, "GET", "/api/v1/tasks/t-slow/revoke")[0] == 404
     assert request(r.server, "GET", "/tasks/t-slow/retry")[0] == 404
     assert r.recorder.calls == []
+
+
+def test_daemon_wires_control_only_when_asked(tmp_path: Path) -> None:
+    """--web.enable-control puts the control route first and registers its counter; off, neither."""
+    from celery_exporter.config import load
+    from celery_exporter.daemon import Daemon
+    from tests.support.launchers import free_port
+
+    base = ["--broker-url", "redis://127.0.0.1:1/0", "--host", "127.0.0.1",
+            "--web.config.file", str(web_config(tmp_path))]  # fmt: skip
+    on = Daemon(load([*base, "--port", str(free_port()), "--web.enable-control",
+                      "--result-backend", "redis://127.0.0.1:1/1"], {}))  # fmt: skip
+    try:
+        control, api, pages = on.server.routes
+        assert isinstance(control, TaskControl) and isinstance(api, TaskApi)
+        assert isinstance(pages, TaskPages) and pages.form_token == control.form_token
+        assert (control.state, control.controller.can_retry) == (on.state, True)
+        assert control.auth_required() is True
+        text = generate_latest(on.registry).decode()
+        assert (
+            'celery_exporter_control_actions_total{action="retry",outcome="accepted"} 0.0' in text
+        )
+    finally:
+        on.server.httpd.server_close()
+    off = Daemon(load([*base, "--port", str(free_port())], {}))
+    try:
+        assert [type(route) for route in off.server.routes] == [TaskApi, TaskPages]
+        assert off.server.routes[1].form_token is None  # type: ignore[attr-defined]
+        assert "celery_exporter_control_actions" not in generate_latest(off.registry).decode()
+    finally:
+        off.server.httpd.server_close()
