@@ -88,6 +88,9 @@ class Controller:
             except Exception as exc:  # a missing driver, a URL the backend refuses
                 self.backend_error = f"--result-backend cannot be used: {_error(exc)}"
         self._slots = threading.BoundedSemaphore(MAX_CALLS)
+        # Celery's lazy parts the calls use, made here on the main thread, not first on theirs.
+        app.control  # noqa: B018
+        app.amqp  # noqa: B018
 
     @property
     def can_retry(self) -> bool:
