@@ -94,8 +94,8 @@ class Controller:
 
     @property
     def can_retry(self) -> bool:
-        """Whether a result backend is there to read stored calls from."""
-        return self.backend is not None
+        """Whether a result backend was given (one that cannot be used answers 503 on reads)."""
+        return self.backend is not None or self.backend_error is not None
 
     def revoke(self, task_id: str, terminate: bool, signal: str) -> None:
         """Broadcast a revoke of ``task_id`` (terminating its process with ``signal``)."""

@@ -92,3 +92,17 @@ def test_without_result_backend_there_is_no_retry() -> None:
     with pytest.raises(ControlError) as caught:
         control.stored_call("t1")
     assert (caught.value.status, str(caught.value)) == (503, "no --result-backend is given")
+
+
+def test_an_unusable_result_backend_is_503_with_the_reason() -> None:
+    """A backend URL the backend refuses: retry is offered, and a read says why it fails."""
+    app = celery_app(Broker(f"redis://127.0.0.1:{free_port()}/0"), "control-test")
+    control = Controller(app, "redis://127.0.0.1:1/notadb")
+    assert control.can_retry
+    with pytest.raises(ControlError) as caught:
+        control.stored_call("t1")
+    assert (caught.value.status, str(caught.value)) == (
+        503,
+        "--result-backend cannot be used: ValueError: invalid literal for int() with base 10: "
+        "'notadb'",
+    )
