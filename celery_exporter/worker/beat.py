@@ -155,11 +155,12 @@ class BeatExporter:
 
         @functools.wraps(tick)
         def counted_tick(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return tick(*args, **kwargs)
-            finally:
-                state.last_tick = clock()
-                self._guarded(schedule.refresh, scheduler)
+            # A tick that raised did not finish (at shutdown beat's SystemExit comes through
+            # here, after the store was closed): nothing is noted then.
+            result = tick(*args, **kwargs)
+            state.last_tick = clock()
+            self._guarded(schedule.refresh, scheduler)
+            return result
 
         @functools.wraps(apply_async)
         def counted_apply_async(entry: Any, *args: Any, **kwargs: Any) -> Any:

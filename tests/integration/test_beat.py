@@ -212,3 +212,39 @@ def _reads_empty(reader: RedBeatSchedule) -> bool:
     """Read once; whether the schedule read is empty."""
     reader.read()
     return reader.size() == 0
+
+
+def test_beat_blocked_on_an_unreachable_broker_still_answers_with_a_stale_tick(
+    tmp_path: Path,
+) -> None:
+    """While beat waits for the broker in a tick, /metrics answers, its last tick stays put and
+    nothing is counted; once the broker is up, beat ticks again and its sends are counted."""
+    server = RedisServer()  # not started yet: its port refuses connections
+    with BeatProcess(server.url(), tmp_path) as beat:
+        # The first tick that sends waits in beat's connection retries ("beat: Connection
+        # error ... Trying again"); the ticks before it finish.
+        def tick() -> float:
+            return value(beat.metrics(), "celery_beat_last_tick_timestamp_seconds")
+
+        def stuck() -> float | None:
+            before = tick()
+            time.sleep(2.0)
+            return before if before and tick() == before else None
+
+        stuck_at = wait_for(stuck, START_TIMEOUT, 0.1, "beat's tick to stop moving")
+        blocked = beat.metrics()
+        assert value(blocked, "celery_beat_last_tick_timestamp_seconds") == stuck_at
+        assert time.time() - stuck_at > 2.0
+        assert value(blocked, RUNS, entry=EVERY_SECOND, task=TASKS[EVERY_SECOND]) == 0
+        assert value(blocked, NEXT_RUN, entry=EVERY_SECOND, task=TASKS[EVERY_SECOND]) > 0
+        with server:
+
+            def sending() -> dict[Sample, float] | None:
+                samples = beat.metrics()
+                runs = value(samples, RUNS, entry=EVERY_SECOND, task=TASKS[EVERY_SECOND])
+                return samples if runs >= 1 else None
+
+            samples = wait_for(sending, 60, 0.2, "beat to reach the broker and send")
+            last_tick = value(samples, "celery_beat_last_tick_timestamp_seconds")
+            assert stuck_at + 2.0 < last_tick <= time.time()
+    assert "beat_observer_failed" not in beat.log()
