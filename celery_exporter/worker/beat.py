@@ -40,13 +40,17 @@ log = get_logger(__name__)
 
 DEFAULT_MAX_ENTRIES = 500
 DEFAULT_REFRESH_INTERVAL = 5.0
-#: The beat exporter connected alongside each worker exporter (see :func:`beat_of`).
-_CONNECTED: weakref.WeakKeyDictionary[WorkerExporter, BeatExporter] = weakref.WeakKeyDictionary()
+#: The beat exporter connected alongside each worker exporter (see :func:`beat_of`); weak both
+#: ways, so neither outlives its signal receivers for this.
+_CONNECTED: weakref.WeakKeyDictionary[WorkerExporter, weakref.ref[BeatExporter]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def beat_of(worker: WorkerExporter) -> BeatExporter | None:
     """The beat exporter ``install()`` connected alongside ``worker``, if any."""
-    return _CONNECTED.get(worker)
+    ref = _CONNECTED.get(worker)
+    return ref() if ref is not None else None
 
 
 class BeatState:
@@ -120,7 +124,7 @@ class BeatExporter:
     def connect(self) -> None:
         """Start on ``beat_init``, through the worker exporter's receivers (same guard)."""
         self.worker.receivers.attach("beat_init", self._on_beat_init)
-        _CONNECTED[self.worker] = self
+        _CONNECTED[self.worker] = weakref.ref(self)
 
     def _on_beat_init(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self.app or self.started:
