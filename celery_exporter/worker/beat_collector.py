@@ -114,7 +114,10 @@ class BeatCollector:
         if self.state.last_tick is not None:
             tick.add_metric([], self.state.last_tick)
         yield tick
-        yield ENTRIES.value(self.schedule.size())
+        size, entries = self.schedule.size(), ENTRIES.gauge()
+        if size is not None:  # absent for a scheduler whose schedule is not read
+            entries.add_metric([], size)
+        yield entries
         yield OVERFLOW.value(overflow)
         info = INFO.info()
         info.add_metric([self.scheduler], {})

@@ -110,10 +110,10 @@ class MemorySchedule:
         copied = list(held.values())
         return sorted(copied, key=lambda entry: str(entry.name))
 
-    def size(self) -> int:
-        """How many entries the schedule has."""
+    def size(self) -> int | None:
+        """How many entries the schedule has; None for a schedule that is not read."""
         held = self._entries
-        return len(held) if held is not None else 0
+        return len(held) if held is not None else None
 
     def start(self, stop: threading.Event) -> None:
         """Nothing runs in the background."""
@@ -148,7 +148,7 @@ class RedBeatSchedule:
         """The entries of the last read, sorted by name."""
         return self._entries
 
-    def size(self) -> int:
+    def size(self) -> int | None:
         """How many entries the schedule had at the last read."""
         return self._size
 
