@@ -140,6 +140,7 @@ class RedBeatSchedule:
         self._entries: list[RedBeatEntry] = []
         self._size = 0
         self._failing = False
+        self._unreadable: set[str] = set()
 
     def refresh(self, scheduler: Any) -> None:
         """Nothing to take from beat's thread: the reading thread does the work."""
@@ -187,10 +188,10 @@ class RedBeatSchedule:
         for key, (definition, meta) in zip(keys, rows, strict=True):
             if not definition:
                 continue  # deleted between the two reads
-            spec = json.loads(definition, cls=decoder)
-            state = json.loads(meta, cls=decoder) if meta else {}
-            entries.append(
-                RedBeatEntry(
+            try:
+                spec = json.loads(definition, cls=decoder)
+                state = json.loads(meta, cls=decoder) if meta else {}
+                entry = RedBeatEntry(
                     name=str(spec.get("name") or key),
                     task=str(spec.get("task")),
                     schedule=spec["schedule"],
@@ -198,7 +199,12 @@ class RedBeatSchedule:
                     total_run_count=int(state.get("total_run_count") or 0),
                     enabled=bool(spec.get("enabled", True)),
                 )
-            )
+            except Exception as exc:  # one entry redbeat cannot load either: left out
+                if key not in self._unreadable:
+                    log.warning("beat_entry_unreadable", key=key, error=str(exc))
+                    self._unreadable.add(key)
+                continue
+            entries.append(entry)
         entries.sort(key=lambda entry: entry.name)
         return entries, len(keys)
 

@@ -199,10 +199,18 @@ def test_redbeat_schedule_keeps_its_last_read_while_redis_is_down() -> None:
             ("every", "t.every", 0)
         ]
         assert reader.size() == 1
+        # An entry whose definition cannot be decoded is left out; the others are read.
+        client = redis.Redis.from_url(server.url())
+        client.hset("read-test:broken", "definition", "{not json")
+        client.zadd(app.redbeat_conf.schedule_key, {"read-test:broken": 0})
+        client.close()
+        reader.read()
+        assert [e.name for e in reader.entries()] == ["every"]
+        assert reader.size() == 2
         server.stop()
         reader.read()
         assert [e.name for e in reader.entries()] == ["every"]
-        assert reader.size() == 1
+        assert reader.size() == 2
         server.start()  # a new, empty Redis on the same port
         wait_for(lambda: _reads_empty(reader), 10, 0.1, "a read of the empty Redis")
         assert (reader.entries(), reader.size()) == ([], 0)
