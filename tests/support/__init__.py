@@ -11,6 +11,8 @@ One module per concept; import from the modules:
 * :mod:`.processes`, :mod:`.client`, :mod:`.expect`, :mod:`.stack`: the exporter, workers and a
   client as the integration tests run them; :mod:`.taskapp` is the workers' Celery app
 * :mod:`.workload`: the known workload several integration tests send
+* :mod:`.beat`: a real ``celery beat`` with the exporter (:mod:`.beatapp` is its app), and what
+  it queued
 * :mod:`.brokers`: the broker collector tests' helpers
 * :mod:`.sqs`: moto's SQS emulator on a loopback port (``MotoServer``) and the fake ``AWS_ENV``
 * :mod:`.prometheus`, :mod:`.webhook`: a private Prometheus, Alertmanager and webhook receiver
