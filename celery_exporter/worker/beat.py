@@ -170,7 +170,7 @@ class BeatExporter:
         def counted_apply_async(entry: Any, *args: Any, **kwargs: Any) -> Any:
             try:
                 result = apply_async(entry, *args, **kwargs)
-            except BaseException:
+            except Exception:  # not beat's SystemExit at shutdown: no send error
                 self._guarded(self._count, entry, False)
                 raise
             self._guarded(self._count, entry, True)
