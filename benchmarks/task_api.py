@@ -134,13 +134,13 @@ def in_process(payloads: Sequence[bytes], runs: int) -> None:
     records = state.records
     assert records is not None, "the task view is off by default?"
     print(f"fed {len(payloads):,} messages in {time.perf_counter() - began:.1f} s: "
-          f"{len(records.inflight):,} in flight, {len(records.finished):,} finished, "
-          f"{records.dropped} dropped")  # fmt: skip
+          f"{len(state.tasks.tasks):,} in flight, {len(state.tasks.finished):,} finished, "
+          f"{state.tasks.evicted} evicted")  # fmt: skip
     lock = TimedLock(state.lock)
     state.lock = lock  # type: ignore[assignment]
     api = TaskApi(state)
     copy, copy_cpu = timed(records.all, runs)
-    print(f"copy alone (TaskRecords.all(), {len(records):,} records), ms median / max: "
+    print(f"copy alone (TaskRecords.all(), {len(records.all()):,} tasks), ms median / max: "
           f"{ms(copy)}, CPU {ms(copy_cpu)}")  # fmt: skip
     print("ms median / max; CPU: this thread's")
     print(f"{'query':<54} {'found':>7} {'find_tasks':>17} {'CPU':>17} {'route':>17} {'CPU':>17} "

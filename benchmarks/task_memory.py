@@ -326,21 +326,26 @@ def profile(scene: Scene, top: int) -> None:
 
 
 def _per_record(state: Any) -> None:
-    """sys.getsizeof of a typical in-flight and finished record and what it alone points to."""
-    records = state.records
-    for label, table in (("in flight", records.inflight), ("failed", records.finished)):
-        if not table:
+    """sys.getsizeof of a typical in-flight and finished task and what it alone points to."""
+    tables = (
+        ("in flight", list(state.tasks.tasks.values())),
+        ("failed", [task for _, task in state.tasks.finished.values()]),
+    )
+    for label, tasks in tables:
+        if not tasks:
             continue
-        record = next(iter(reversed(table.values())))
+        task = tasks[-1]
         size = _counter()
-        parts = {"record": sys.getsizeof(record), "history": size(record.history)}
-        times = [getattr(record, name, None) for name in ("received", "started", "finished",
-                                                          "runtime")]  # fmt: skip
-        parts["times"] = sum(size(x) for x in [*times, *record.history[1::3]])
-        for name in ("seq", "id", "root_id", "exception_repr", "traceback"):
-            parts[name] = size(getattr(record, name, None))
-        parts["dict entry"] = round(_dict_bytes(len(table)) / len(table))
-        print(f"   per {label} record: {sum(parts.values()):,} B = " +
+        parts = {"task": sys.getsizeof(task), "history": size(task.history)}
+        times = [task.received, task.started, task.finished, task.runtime]
+        parts["times"] = sum(size(x) for x in [*times, *task.history[1::3]])
+        parts["root_id"] = size(task.root_id)
+        if task.detail is not None:
+            parts["detail"] = sys.getsizeof(task.detail)
+            for name in ("exception_repr", "traceback"):
+                parts[name] = size(getattr(task.detail, name))
+        parts["dict entry"] = round(_dict_bytes(len(tasks)) / len(tasks))
+        print(f"   per {label} task: {sum(parts.values()):,} B = " +
               ", ".join(f"{k} {v:,}" for k, v in parts.items()))  # fmt: skip
 
 

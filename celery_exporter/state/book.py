@@ -45,9 +45,7 @@ class TaskBook:
 
     def _worker(self, event: TaskEvent, now: float) -> tuple[str, Worker]:
         """The event's worker, capped, noted as seen now (see :meth:`WorkerTable.seen`)."""
-        host = event["hostname"]
-        if host not in self._hosts_seen:
-            host = self.workers.hostnames(host)
+        host = self._hosts_seen.get(event["hostname"]) or self.workers.hostnames(event["hostname"])
         worker = self._workers.get(host)
         if worker is not None and worker.online:
             worker.last_seen = now
@@ -61,9 +59,7 @@ class TaskBook:
         uuid = event["uuid"]
         task = self._inflight.get(uuid)
         if task is None:
-            name = event["name"]
-            if name not in self._names_seen:
-                name = self.names(name)
+            name = self._names_seen.get(event["name"]) or self.names(event["name"])
             task = self._track(uuid, name, self._queue_for(event, host))
         elif task.step:
             self.leave_step(task)

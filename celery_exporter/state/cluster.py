@@ -24,10 +24,10 @@ from ..log import get_logger
 from . import queries
 from .handlers import TaskHandlers
 from .queries import TaskQuery
-from .records import TaskRecords
+from .records import TaskRecords, Update, detail_for_update
 from .series import TASK_COUNTERS, Histogram, LabelKey, TaskSeries
 from .settings import Settings
-from .tasks import TaskTable
+from .tasks import Task, TaskTable
 from .worker_queues import WorkerQueues
 from .workers import Worker, WorkerTable
 
@@ -85,22 +85,20 @@ class ClusterState:
         self.events: dict[str, int] = {}
         self.malformed: dict[str, int] = {}
         self.last_event: float | None = None
-        self._apply: dict[str, Callable[[Any, float], None]] = {
+        #: Each event type's handler; a task's returns the task it touched (None: a repeat).
+        self._apply: dict[str, Callable[[Any, float], Task | None]] = {
             **self.handlers.by_type(),
             "worker-online": self._worker_online,
             "worker-heartbeat": self._worker_heartbeat,
             "worker-offline": self._worker_offline,
-            "task-progress": _ignore,
+            "task-progress": self.handlers.progress,
         }
-        #: The task view's records (``--web.task-api``), updated after the series.
+        #: The task view's updates (``--web.task-api``), of the task each handler touched.
         self.records: TaskRecords | None = None
-        self._view: dict[str, Callable[[Any, float], None]] | None = None
+        self._view: dict[str, Update] | None = None
         if s.web_task_api:
-            self.records = TaskRecords(
-                s.max_tracked_tasks, s.max_finished_tasks, s.web_show_task_args,
-                self.handlers.worker_queues,
-            )  # fmt: skip
-            self._view = {etype: _ignore for etype in DECODERS} | self.records.by_type()
+            self.records = TaskRecords(self.tasks, s.web_show_task_args)
+            self._view = self.records.by_type()
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -126,12 +124,13 @@ class ClusterState:
                     malformed["schema"] = malformed.get("schema", 0) + 1
                     continue
                 try:
-                    apply[etype](event, now)
+                    task = apply[etype](event, now)
                 except Exception:
                     self._internal_error(etype, "event_handler")
-                if view is not None:
+                    continue
+                if task is not None and view is not None:
                     try:
-                        view[etype](event, now)
+                        view[etype](event, now, task)  # type: ignore[arg-type]
                     except Exception:
                         self._internal_error(etype, "task_view")
 
@@ -271,7 +270,7 @@ class ClusterState:
             record = self.records.get(task_id)
             if record is None:
                 return False
-            record.retried_as = new_id
+            detail_for_update(record).retried_as = new_id
             return True
 
     def failures(self, since: float) -> list[dict[str, Any]]:
@@ -301,10 +300,6 @@ class ClusterState:
             }
             for host, (up, w) in sorted(views.items())
         ]
-
-
-def _ignore(event: Any, now: float) -> None:
-    """An event type this part has nothing to do with."""
 
 
 __all__ = ["TASK_COUNTERS", "ClusterState", "Snapshot"]

@@ -20,13 +20,13 @@ TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
 class TaskHandlers(TaskBook):
     """The task event handlers: what each event type counts, over :class:`TaskBook`."""
 
-    def by_type(self) -> dict[str, Callable[[TaskEvent, float], None]]:
+    def by_type(self) -> dict[str, Callable[[TaskEvent, float], Task | None]]:
         """The handler of each task event type: the method named after it (``task-sent``: sent)."""
         return {etype: getattr(self, etype.removeprefix("task-")) for etype in TASK_EVENTS}
 
     # -- events ---------------------------------------------------------------------------------
 
-    def sent(self, event: TaskEvent, now: float) -> None:
+    def sent(self, event: TaskEvent, now: float) -> Task:
         """A producer published the task (possibly after a short task already finished)."""
         task = self.tasks.get(event["uuid"])
         sent = event["timestamp"] or now
@@ -37,7 +37,7 @@ class TaskHandlers(TaskBook):
                 # Producers publish task-sent after the task itself: a short task can finish
                 # first. Count it under the labels the task ran with, and do not track it again.
                 self._late_sent(done, sent, event.get("eta"), queue)
-                return
+                return done
             task = self._track(
                 event["uuid"],
                 self.names(event["name"]),
@@ -45,7 +45,7 @@ class TaskHandlers(TaskBook):
             )
         elif task.step == STARTED and task.started is not None and sent <= task.started:
             self._late_sent(task, sent, event.get("eta"), queue)
-            return
+            return task
         elif queue:
             task.queue = self.queues(queue)
         task.sent = sent
@@ -55,8 +55,9 @@ class TaskHandlers(TaskBook):
         if task.step == STARTED:
             # A retry's new message, sent while the current run still holds the running gauge.
             task.key = running_key
+        return task
 
-    def received(self, event: TaskEvent, now: float) -> None:
+    def received(self, event: TaskEvent, now: float) -> Task:
         """A worker took the task off its queue."""
         task, worker = self._arrive(event, now)
         task.step = RECEIVED
@@ -65,8 +66,9 @@ class TaskHandlers(TaskBook):
             task.eta = event.get("eta")
         worker.reserved += 1
         self._count("received", task, task.host)
+        return task
 
-    def started(self, event: TaskEvent, now: float) -> None:
+    def started(self, event: TaskEvent, now: float) -> Task:
         """A worker started running the task."""
         task, worker = self._arrive(event, now)
         started = event["timestamp"] or now
@@ -83,24 +85,26 @@ class TaskHandlers(TaskBook):
         if task.received is not None:
             wait = started - (task.received if ready is None or ready < task.received else ready)
             series.observe_prefetch_wait(key, wait if wait > 0.0 else 0.0)
+        return task
 
-    def succeeded(self, event: TaskEvent, now: float) -> None:
+    def succeeded(self, event: TaskEvent, now: float) -> Task | None:
         """The task returned."""
         task = self._finish(event, now)
         if task is None:
-            return
+            return None
         key = self._count("succeeded", task, task.host)
         runtime = event["runtime"]
         if runtime is None and task.started is not None:
             runtime = _duration((event["timestamp"] or now) - task.started)
         if runtime is not None:
             self.series.observe_runtime((*key, "succeeded"), runtime)
+        return task
 
-    def failed(self, event: TaskEvent, now: float) -> None:
+    def failed(self, event: TaskEvent, now: float) -> Task | None:
         """The task raised."""
         task = self._finish(event, now)
         if task is None:
-            return
+            return None
         exception = self.exceptions(event["exception"])
         key = self._count("failed", task, task.host, exception)
         kind = TIMEOUT_KINDS.get(event["exception"])
@@ -112,31 +116,39 @@ class TaskHandlers(TaskBook):
             runtime = _duration((event["timestamp"] or now) - task.started)
             if runtime is not None:
                 series.observe_runtime((*key, "failed"), runtime)
+        return task
 
-    def retried(self, event: TaskEvent, now: float) -> None:
+    def retried(self, event: TaskEvent, now: float) -> Task:
         """The task asked to run again later."""
         task = self._requeue(event, now)
         self._count("retried", task, task.host, self.exceptions(event["exception"]))
+        return task
 
-    def revoked(self, event: TaskEvent, now: float) -> None:
+    def revoked(self, event: TaskEvent, now: float) -> Task | None:
         """The task was revoked (and maybe terminated)."""
         task = self._finish(event, now)
         if task is not None:
             self._count("revoked", task, task.host)
+        return task
 
-    def rejected(self, event: TaskEvent, now: float) -> None:
+    def rejected(self, event: TaskEvent, now: float) -> Task | None:
         """A worker rejected the task: back to its queue, or dropped."""
         task = self._requeue(event, now) if event["requeue"] else self._finish(event, now)
         if task is not None:
             self._count("rejected", task, task.host)
+        return task
 
-    def cancelled(self, event: TaskEvent, now: float) -> None:
+    def cancelled(self, event: TaskEvent, now: float) -> Task:
         """A worker gave the task back (e.g. its connection was lost)."""
-        self._requeue(event, now)
+        return self._requeue(event, now)
 
-    def ignored(self, event: TaskEvent, now: float) -> None:
+    def ignored(self, event: TaskEvent, now: float) -> Task | None:
         """A task that raised Ignore (the in-worker exporter's): retired, counted nowhere."""
-        self._finish(event, now)
+        return self._finish(event, now)
+
+    def progress(self, event: TaskEvent, now: float) -> Task | None:
+        """A task's own report of how far it is: counts nothing, only finds the task."""
+        return self.tasks.find(event["uuid"])
 
     # -- late task-sent ---------------------------------------------------------------------
 

@@ -11,28 +11,34 @@ OVERFLOW = "other"
 
 
 class LabelCap:
-    """Admits at most ``limit`` distinct values of one label; the rest become ``other``."""
+    """Admits at most ``limit`` distinct values of one label; the rest become ``other``.
+
+    Each admitted value is kept as one string object, returned for every equal value, so the
+    tables that hold labels do not each hold a copy of what every event decoded anew.
+    """
 
     __slots__ = ("limit", "overflow", "seen")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.seen: set[str] = set()
+        #: Each admitted value, to itself.
+        self.seen: dict[str, str] = {}
         self.overflow = 0
 
     def __call__(self, value: Any) -> str:
         """Return the label value to use for ``value``."""
-        if isinstance(value, str) and value in self.seen:
-            return value
+        seen = self.seen
+        if isinstance(value, str) and value in seen:
+            return seen[value]
         text = clean(value)
-        if text in self.seen:
-            return text
-        if len(self.seen) < self.limit:
-            self.seen.add(text)
+        if text in seen:
+            return seen[text]
+        if len(seen) < self.limit:
+            seen[text] = text
             return text
         self.overflow += 1
         return OVERFLOW
 
     def forget(self, value: str) -> None:
         """Free the slot of a value whose series are gone."""
-        self.seen.discard(value)
+        self.seen.pop(value, None)

@@ -9,21 +9,24 @@ consistent). Names are the API's contract.
 from __future__ import annotations
 
 import ast
-import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
 from .failures import FailureRow
-from .records import TaskRecord, field
+from .records import detail, events
+from .tasks import Task
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 DEFAULT_FAILURES_SINCE = 3600.0
 MAX_FAILURES_SINCE = 86_400.0
 
-_latest = attrgetter("seq")
+
+def _latest(task: Task) -> float:
+    """When the task's latest event happened (per its sender), for listing the latest first."""
+    history = task.history
+    return history[-2] if history else 0.0
 
 
 @dataclass(frozen=True)
@@ -39,48 +42,53 @@ class TaskQuery:
     limit: int = DEFAULT_LIMIT
 
 
-def select(
-    records: Iterable[TaskRecord], query: TaskQuery, now: float
-) -> tuple[list[TaskRecord], int]:
-    """The ``query.limit`` matching records with the latest events (latest first), and the count."""
-    found = records if isinstance(records, list) else list(records)
+def select(tasks: Iterable[Task], query: TaskQuery, now: float) -> tuple[list[Task], int]:
+    """The ``query.limit`` matching tasks with the latest events (latest first), and the count."""
+    found = tasks if isinstance(tasks, list) else list(tasks)
     if query.states is not None:
         states = query.states
-        found = [r for r in found if r.state in states]
+        found = [t for t in found if t.state in states]
     if query.name is not None:
-        found = [r for r in found if r.name == query.name]
+        name = query.name
+        found = [t for t in found if (detail(t).title or t.name) == name]
     if query.queue is not None:
-        found = [r for r in found if r.queue == query.queue]
+        found = [t for t in found if t.queue == query.queue]
     if query.worker is not None:
-        found = [r for r in found if r.worker == query.worker]
+        worker = query.worker
+        found = [t for t in found if (detail(t).worker or t.host) == worker]
     if query.older_than is not None:
         cutoff = now - query.older_than
-        found = [r for r in found if (_since(r) or cutoff + 1.0) <= cutoff]
-    return heapq.nlargest(query.limit, found, key=_latest), len(found)
+        found = [t for t in found if (_since(t) or cutoff + 1.0) <= cutoff]
+    if len(found) <= query.limit:
+        return sorted(found, key=_latest, reverse=True), len(found)
+    # Tables list tasks in about the order of their events: sorting is the fastest way here.
+    found.sort(key=_latest, reverse=True)
+    return found[: query.limit], len(found)
 
 
-def _since(record: TaskRecord) -> float | None:
-    started = record.started
-    return started if started is not None else getattr(record, "received", None)
+def _since(task: Task) -> float | None:
+    started = task.started
+    return started if started is not None else task.received
 
 
-def task_row(record: TaskRecord, with_args: bool) -> dict[str, Any]:
-    """The API's TASK object for a record."""
-    progress = field(record, "progress")
+def task_row(task: Task, with_args: bool) -> dict[str, Any]:
+    """The API's TASK object for a task."""
+    more = detail(task)
+    progress = more.progress
     row: dict[str, Any] = {
-        "id": record.id,
-        "name": record.name,
-        "state": record.state,
-        "queue": record.queue,
-        "worker": record.worker,
-        "sent": field(record, "sent"),
-        "received": field(record, "received"),
-        "started": record.started,
-        "finished": field(record, "finished"),
-        "runtime": field(record, "runtime"),
-        "retries": record.retries,
-        "exception": field(record, "exception"),
-        "eta": field(record, "eta"),
+        "id": task.uuid,
+        "name": more.title or task.name,
+        "state": task.state,
+        "queue": task.queue,
+        "worker": more.worker or task.host or None,
+        "sent": task.sent,
+        "received": task.received,
+        "started": task.started,
+        "finished": task.finished,
+        "runtime": task.runtime,
+        "retries": task.retries,
+        "exception": more.exception,
+        "eta": task.eta,
         "progress": None
         if progress is None
         else {
@@ -91,23 +99,23 @@ def task_row(record: TaskRecord, with_args: bool) -> dict[str, Any]:
         },
     }
     if with_args:
-        row["args"] = field(record, "args")
-        row["kwargs"] = field(record, "kwargs")
+        row["args"] = more.args
+        row["kwargs"] = more.kwargs
     return row
 
 
-def task_detail(record: TaskRecord, with_args: bool) -> dict[str, Any]:
+def task_detail(task: Task, with_args: bool) -> dict[str, Any]:
     """The API's TASK object with the exception, traceback, lineage, retry link and history."""
-    row = task_row(record, with_args)
-    exception = field(record, "exception")
-    row["exception_message"] = exception_message(field(record, "exception_repr"), exception)
-    row["traceback"] = field(record, "traceback") if exception is not None else None
-    row["parent_id"] = field(record, "parent_id")
-    row["root_id"] = field(record, "root_id")
-    row["retried_as"] = field(record, "retried_as")
+    row = task_row(task, with_args)
+    more = detail(task)
+    exception = more.exception
+    row["exception_message"] = exception_message(more.exception_repr, exception)
+    row["traceback"] = more.traceback if exception is not None else None
+    row["parent_id"] = more.parent_id
+    row["root_id"] = task.root_id
+    row["retried_as"] = more.retried_as
     row["history"] = [
-        {"type": etype, "timestamp": when, "worker": worker}
-        for etype, when, worker in record.events()
+        {"type": etype, "timestamp": when, "worker": worker} for etype, when, worker in events(task)
     ]
     return row
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .series import LabelKey
 
 PENDING, RECEIVED, STARTED = 0, 1, 2
@@ -13,20 +15,15 @@ FINAL_BITS = {
 
 
 class Task:
-    """One task the exporter has seen and not yet seen finish."""
+    """One task the exporter has seen: in flight, or among the recently finished.
+
+    The series' handlers set the first fields; the task view (:mod:`.records`) the rest.
+    """
 
     __slots__ = (
-        "eta",
-        "host",
-        "key",
-        "name",
-        "queue",
-        "received",
-        "sent",
-        "started",
-        "step",
-        "uuid",
-    )
+        "detail", "eta", "finished", "history", "host", "key", "name", "queue", "received",
+        "retries", "root_id", "runtime", "sent", "started", "state", "step", "uuid",
+    )  # fmt: skip
 
     def __init__(self, uuid: str, name: str, queue: str) -> None:
         self.uuid = uuid
@@ -40,6 +37,16 @@ class Task:
         self.received: float | None = None
         self.started: float | None = None
         self.eta: float | None = None
+        #: The task view's: its latest state, when it finished, how long it ran, its retries.
+        self.state = "sent"
+        self.finished: float | None = None
+        self.runtime: float | None = None
+        self.retries = 0
+        #: Event type, time and worker of each event, flat: (type, time, worker, type, ...).
+        self.history: tuple[Any, ...] = ()
+        self.root_id: str | None = None
+        #: What few tasks have (an error, progress, arguments, a parent), else None.
+        self.detail: Any = None
 
 
 class TaskTable:
@@ -100,6 +107,18 @@ class TaskTable:
         ring[pos] = uuid
         self._pos = (pos + 1) % len(ring)
         self.finished[uuid] = (FINAL_BITS[etype], task)
+
+    def find(self, uuid: str) -> Task | None:
+        """The task with this id, in flight or recently finished."""
+        task = self.tasks.get(uuid)
+        if task is not None:
+            return task
+        done = self.finished.get(uuid)
+        return done[1] if done is not None else None
+
+    def all(self) -> list[Task]:
+        """Every task in flight and recently finished (a new list of the same objects)."""
+        return [*self.tasks.values(), *(task for _, task in self.finished.values())]
 
     def sent_timestamp(self, uuid: str) -> float | None:
         """When the task-sent of a task still waiting or running was sent, if it was seen."""

@@ -128,7 +128,7 @@ def test_rejected_with_requeue_stays_in_flight() -> None:
     state.handle_batch([received("t2"), rejected("t2", requeue=False, at=T0 + 3)])
     assert (detail(state, "t1")["state"], detail(state, "t1")["finished"]) == ("rejected", None)
     assert (detail(state, "t2")["state"], detail(state, "t2")["finished"]) == ("rejected", T0 + 3)
-    assert state.records is not None and list(state.records.inflight) == ["t1"]
+    assert list(state.tasks.tasks) == ["t1"]
 
 
 def test_progress_shows_the_latest_report() -> None:
@@ -151,8 +151,7 @@ def test_arguments_only_with_the_flag() -> None:
     state, _ = make()
     state.handle_batch([received("t1")])
     assert "args" not in detail(state, "t1")
-    assert state.records is not None
-    assert not hasattr(state.records.get("t1"), "args")
+    assert state.tasks.find("t1").detail is None  # type: ignore[union-attr]
     state, _ = make(web_show_task_args=True)
     state.handle_batch([received("t1")])
     got = detail(state, "t1")
@@ -171,12 +170,12 @@ def test_off_keeps_no_records() -> None:
 
 
 def test_queue_comes_from_the_workers_only_queue() -> None:
-    """Without a queue in the events, a worker consuming one queue names it; else null."""
+    """Without a queue in the events, a worker consuming one queue names it, else the default."""
     queues = WorkerQueues()
     queues.replace({W1: ("images",), W2: ("a", "b")})
     state = ClusterState(Settings(), clock=ManualClock(T0), worker_queues=queues)
     state.handle_batch([received("t1", host=W1), received("t2", host=W2)])
-    assert (detail(state, "t1")["queue"], detail(state, "t2")["queue"]) == ("images", None)
+    assert (detail(state, "t1")["queue"], detail(state, "t2")["queue"]) == ("images", "celery")
 
 
 def test_in_flight_records_are_capped_oldest_first() -> None:
@@ -184,11 +183,8 @@ def test_in_flight_records_are_capped_oldest_first() -> None:
     state, _ = make(max_tracked_tasks=2, max_finished_tasks=2)
     state.handle_batch([received(f"r{i}") for i in range(3)])
     state.handle_batch([failed(f"f{i}", "KeyError('k')") for i in range(3)])
-    assert state.records is not None
-    assert (list(state.records.inflight), list(state.records.finished)) == (
-        ["r1", "r2"], ["f1", "f2"],
-    )  # fmt: skip
-    assert state.records.dropped == 2
+    assert (list(state.tasks.tasks), list(state.tasks.finished)) == (["r1", "r2"], ["f1", "f2"])
+    assert state.tasks.evicted == 1
     assert state.task_detail("r0") is None
 
 
@@ -299,7 +295,7 @@ def test_a_bug_in_the_view_is_an_internal_error(monkeypatch: pytest.MonkeyPatch)
     state, _ = make()
     assert state._view is not None
 
-    def boom(event: Any, now: float) -> None:
+    def boom(event: Any, now: float, task: Any) -> None:
         raise RuntimeError("bug")
 
     monkeypatch.setitem(state._view, "task-received", boom)
@@ -318,10 +314,17 @@ def test_producer_hostname_is_not_the_worker() -> None:
     assert PRODUCER not in str(got)
 
 
-def test_tasks_of_one_batch_are_listed_latest_event_first() -> None:
-    """Within one batch (one arrival time) the task whose event came last is listed first."""
+def test_tasks_are_listed_by_their_latest_events_time() -> None:
+    """The task whose latest event happened last comes first, whatever the batches."""
     state, _ = make()
-    state.handle_batch([received("a"), received("b"), failed("b", "KeyError('k')")])
-    state.handle_batch([received("c"), failed("c", "KeyError('k')"), failed("a", "KeyError('k')")])
+    state.handle_batch(
+        [received("a", at=T0), received("b", at=T0 + 1), failed("b", "KeyError('k')", at=T0 + 2)]
+    )
+    state.handle_batch(
+        [
+            received("c", at=T0 + 3), failed("c", "KeyError('k')", at=T0 + 4),
+            failed("a", "KeyError('k')", at=T0 + 5),
+        ]
+    )  # fmt: skip
     assert ids(state) == ["a", "c", "b"]
     assert ids(state, states=frozenset({"failed"})) == ["a", "c", "b"]
