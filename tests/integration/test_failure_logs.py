@@ -59,7 +59,9 @@ def lines(name: str, numbers: range) -> str:
 def test_failed_tests_report_their_processes_logs(pytester: pytest.Pytester) -> None:
     """Each failed test gets the last 40 lines of its fixtures' and its own logs, no others."""
     pytester.makepyfile(test_inner=INNER)
-    run = pytester.inline_run("-p", "no:cacheprovider", plugins=[FailureLogs(LOGS)])
+    run = pytester.inline_run(
+        "-p", "no:cacheprovider", "-p", "no:cloudcoil", plugins=[FailureLogs(LOGS)]
+    )  # fmt: skip
     reports = {
         r.nodeid.split("::")[-1]: r for r in run.getreports("pytest_runtest_logreport") if r.failed
     }
