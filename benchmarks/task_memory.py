@@ -121,8 +121,12 @@ def build_scene(
     span: float = 3600.0,
     seed: int = 1,
     now: float | None = None,
+    distinct: bool = False,
 ) -> Scene:
     """Failures first (received, failed), then tasks left in flight (received, started).
+
+    A failure's traceback is the same for each task name and exception (as a failing line of
+    code gives); with ``distinct`` its last line names the task id, so no two are equal.
 
     Tasks start evenly over the last ``span`` seconds before ``now``, each on one of
     ``workers`` workers, so the newest is the one most recently active.
@@ -159,6 +163,8 @@ def build_scene(
         })  # fmt: skip
         if n < failures:
             exc, last = FAILURES[rng.randrange(len(FAILURES))]
+            if distinct:
+                last = f"{last} (task {task_id})"
             key = (name, last)
             if key not in tracebacks:
                 tracebacks[key] = traceback_text(name, last, traceback_bytes)
@@ -390,6 +396,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--inflight", type=int, default=100_000, help="tasks received and started, left running")
     add("--failures", type=int, default=10_000, help="tasks received, then failed")
     add("--traceback-bytes", type=int, default=4096, help="size of each failure's traceback")
+    add(
+        "--distinct-tracebacks",
+        action="store_true",
+        help="make every failure's traceback different (its last line names the task)",
+    )
     add("--workers", type=int, default=10, help="worker hostnames")
     add("--stall", type=float, default=30.0, help="give up when the count stays this long")
     add("--profile", action="store_true", help="also profile a ClusterState in-process")
@@ -401,14 +412,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure both ways, print the figures and the difference."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, on_sigterm)
-    scene = build_scene(args.inflight, args.failures, args.traceback_bytes, workers=args.workers)
+    scene = build_scene(
+        args.inflight, args.failures, args.traceback_bytes, workers=args.workers,
+        distinct=args.distinct_tracebacks,
+    )  # fmt: skip
     encoded = list(commands(scene))
     size = sum(len(c) for c in encoded)
     m = machine_info()
     print(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}, revision {revision()}, "
           f"{m['nproc']} cores, {m['cpu_model']}, Python {m['python']}")  # fmt: skip
     print(f"{scene.events:,} events in {len(encoded):,} messages ({size / MIB:.1f} MiB): "
-          f"{args.failures:,} failed with {args.traceback_bytes} B tracebacks, "
+          f"{args.failures:,} failed with {args.traceback_bytes} B tracebacks"
+          f"{' (all different)' if args.distinct_tracebacks else ''}, "
           f"{args.inflight:,} in flight")  # fmt: skip
     runs = []
     try:

@@ -121,22 +121,17 @@ class TaskRecords:
 
     # -- shared steps ---------------------------------------------------------------------------
 
-    def _note(self, task: Task, etype: str, when: float | None, worker: str) -> None:
-        """Add the event to the task's history."""
+    @staticmethod
+    def _note(task: Task, etype: str, when: float | None, worker: str) -> None:
+        """Add an event to the task's history, within :data:`MAX_HISTORY` events.
+
+        Only events that can repeat without end (a retry, a requeue) can fill the history,
+        so only theirs check the cap; the hot updates below add their event inline.
+        """
         history = task.history
         if len(history) >= _HISTORY_ITEMS:
             history = history[:3] + history[6:]
         task.history = (*history, etype, when, worker)
-
-    def _arrival(self, event: TaskEvent, now: float, task: Task) -> None:
-        """Add a worker's event to the history (as :meth:`_note`); keep a capped worker's name."""
-        host = task.host
-        history = task.history
-        if len(history) >= _HISTORY_ITEMS:
-            history = history[:3] + history[6:]
-        task.history = (*history, event["type"], event["timestamp"] or now, host)
-        if host is OVERFLOW:
-            detail_for_update(task).worker = event["hostname"]
 
     def _call(self, task: Task, event: TaskEvent) -> None:
         """What task-sent and task-received tell about the call: retries, ids, arguments."""
@@ -176,10 +171,6 @@ class TaskRecords:
             found = shared[text] = text
         return found
 
-    def _finish(self, task: Task, state: str, event: TaskEvent, now: float) -> None:
-        task.state = state
-        task.finished = event["timestamp"] or now
-
     # -- events ---------------------------------------------------------------------------------
 
     def sent(self, event: TaskEvent, now: float, task: Task) -> None:
@@ -189,76 +180,75 @@ class TaskRecords:
 
     def received(self, event: TaskEvent, now: float, task: Task) -> None:
         """A worker took the task off its queue."""
-        self._arrival(event, now, task)
-        if task.state not in FINAL_STATES:
+        task.history = (*task.history, "task-received", event["timestamp"] or now, task.host)
+        if task.finished is None:
             task.state = "received"
+        if task.host is OVERFLOW:
+            detail_for_update(task).worker = event["hostname"]
         self._call(task, event)
 
     def started(self, event: TaskEvent, now: float, task: Task) -> None:
         """A worker started running the task."""
-        self._arrival(event, now, task)
-        if task.state not in FINAL_STATES:
+        task.history = (*task.history, "task-started", event["timestamp"] or now, task.host)
+        if task.finished is None:
             task.state = "started"
 
     def succeeded(self, event: TaskEvent, now: float, task: Task) -> None:
         """The task returned."""
-        self._arrival(event, now, task)
-        if task.state in FINAL_STATES:
-            return
-        task.state = "succeeded"
-        task.finished = event["timestamp"] or now
-        runtime = event["runtime"]
-        task.runtime = runtime if runtime is not None else _runtime(task)
+        when = event["timestamp"] or now
+        task.history = (*task.history, "task-succeeded", when, task.host)
+        if task.finished is None:
+            task.state = "succeeded"
+            task.finished = when
+            runtime = event["runtime"]
+            task.runtime = runtime if runtime is not None else _runtime(task)
 
     def failed(self, event: TaskEvent, now: float, task: Task) -> None:
         """The task raised."""
-        self._arrival(event, now, task)
-        if task.state in FINAL_STATES:
+        when = event["timestamp"] or now
+        self._note(task, "task-failed", when, task.host)
+        if task.finished is not None:
             return
-        self._finish(task, "failed", event, now)
+        task.state = "failed"
+        task.finished = when
         task.runtime = _runtime(task)
         self._error(task, event)
         found = detail(task)
         self.failures.add(
             found.title or task.name, event["exception"], task.uuid, found.exception_repr,
-            task.finished or now, now,
+            when, now,
         )  # fmt: skip
 
     def retried(self, event: TaskEvent, now: float, task: Task) -> None:
         """The task asked to run again later."""
-        self._arrival(event, now, task)
+        self._note(task, "task-retried", event["timestamp"] or now, task.host)
         self._error(task, event)
-        if task.state not in FINAL_STATES:
+        if task.finished is None:
             task.state = "retried"
             task.retries += 1
 
     def revoked(self, event: TaskEvent, now: float, task: Task) -> None:
         """The task was revoked (and maybe terminated) by the worker that held it."""
-        self._arrival(event, now, task)
-        if task.state not in FINAL_STATES:
-            self._finish(task, "revoked", event, now)
+        self._end(task, "revoked", "task-revoked", event, now)
 
     def rejected(self, event: TaskEvent, now: float, task: Task) -> None:
         """A worker rejected the task: back to its queue, or dropped."""
-        self._arrival(event, now, task)
-        if task.state in FINAL_STATES:
+        if not event["requeue"]:
+            self._end(task, "rejected", "task-rejected", event, now)
             return
-        if event["requeue"]:
+        self._note(task, "task-rejected", event["timestamp"] or now, task.host)
+        if task.finished is None:
             task.state = "rejected"
-        else:
-            self._finish(task, "rejected", event, now)
 
     def cancelled(self, event: TaskEvent, now: float, task: Task) -> None:
         """A worker gave the task back to its queue."""
-        self._arrival(event, now, task)
-        if task.state not in FINAL_STATES:
+        self._note(task, "task-cancelled", event["timestamp"] or now, task.host)
+        if task.finished is None:
             task.state = "sent"
 
     def ignored(self, event: TaskEvent, now: float, task: Task) -> None:
         """The task raised Ignore (the in-worker exporter's event)."""
-        self._arrival(event, now, task)
-        if task.state not in FINAL_STATES:
-            self._finish(task, "ignored", event, now)
+        self._end(task, "ignored", "task-ignored", event, now)
 
     def progress(self, event: TaskEvent, now: float, task: Task) -> None:
         """The task reported how far it is (it is not added to the history)."""
@@ -266,6 +256,14 @@ class TaskRecords:
         if message is not None and len(message) > MAX_TEXT_LENGTH:
             message = message[:MAX_TEXT_LENGTH]
         detail_for_update(task).progress = (event["current"], event["total"], message, now)
+
+    def _end(self, task: Task, state: str, etype: str, event: TaskEvent, now: float) -> None:
+        """A final event: the task ends in ``state`` unless it had already ended."""
+        when = event["timestamp"] or now
+        self._note(task, etype, when, task.host)
+        if task.finished is None:
+            task.state = state
+            task.finished = when
 
 
 def _runtime(task: Task) -> float | None:
