@@ -196,6 +196,8 @@ def _parse(
             check_event_queue(values["broker_url"])
         if values.get("web_enable_control"):
             check_control(values)
+        if values.get("queue_collector") is False:
+            check_sqs_queue_collector(values["broker_url"])
         return values
     except ConfigError as exc:
         parser.error(str(exc))
@@ -213,6 +215,16 @@ def check_event_queue(broker_url: str) -> None:
         f"--event-queue: RabbitMQ only (amqp:// or amqps://), not {', '.join(sorted(schemes))}: "
         f"{why} (see README, Exporter restarts)"
     )
+
+
+def check_sqs_queue_collector(broker_url: str) -> None:
+    """Raise :class:`ConfigError` for ``--no-queue-collector`` on SQS, where it is all there is."""
+    if broker_url.strip().partition("://")[0] == "sqs":
+        raise ConfigError(
+            "--no-queue-collector: on sqs:// the queue collector is all the exporter does "
+            "(Celery events do not travel over SQS; task metrics come from the in-worker "
+            "exporter): drop --no-queue-collector (see README, Amazon SQS)"
+        )
 
 
 def check_control(values: Mapping[str, Any]) -> None:

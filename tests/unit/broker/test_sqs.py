@@ -12,6 +12,7 @@ from celery_exporter.broker.measure import Measurement
 from celery_exporter.broker.sqs import BrokerErrors, error_kind
 from celery_exporter.broker.sqs_config import SQSSettings, entity_name
 from celery_exporter.collectors.queues import QueueCollector
+from celery_exporter.config import load
 from celery_exporter.web import exposition
 
 ENV: dict[str, str] = {}
@@ -164,3 +165,17 @@ def test_collector_renders_delayed_and_dead_letter_series_and_keeps_broker_named
         'celery_queue_delayed{queue_name="work-dead"} 0.0',
         'celery_queue_dead_letter_info{dead_letter_queue="work-dead",queue_name="work"} 1.0',
     ]
+
+
+def test_no_queue_collector_on_sqs_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--no-queue-collector on sqs:// exits 2: the queue collector is all the exporter does there."""
+    with pytest.raises(SystemExit) as caught:
+        load(["--broker-url", "sqs://", "--no-queue-collector"], {})
+    assert caught.value.code == 2
+    line = capsys.readouterr().err.rstrip("\n").splitlines()[-1]
+    assert line == (
+        "celery-exporter: error: --no-queue-collector: on sqs:// the queue collector is all the "
+        "exporter does (Celery events do not travel over SQS; task metrics come from the "
+        "in-worker exporter): drop --no-queue-collector (see README, Amazon SQS)"
+    )
+    assert load(["--broker-url", "redis://127.0.0.1:6379/0", "--no-queue-collector"], {})
