@@ -633,8 +633,13 @@ def overview() -> Json:
         ),
         stat(
             "Queued",
-            "Messages waiting in the broker's queues (queue collector, every 10 s).",
-            or_zero(f"sum({gauge('celery_queue_length', 'queue_name')})"),
+            "Messages waiting in the broker's queues (queue collector, every 10 s); messages in "
+            "dead-letter queues (SQS) wait for no worker and are left out.",
+            or_zero(
+                f"sum({gauge('celery_queue_length', 'queue_name')} unless on (queue_name) "
+                f"label_join({gauge('celery_queue_dead_letter_info', 'dead_letter_queue')}"
+                ', "queue_name", "", "dead_letter_queue"))'
+            ),
             "none",
             links=[to_queues],
         ),
