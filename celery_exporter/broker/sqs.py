@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
+from ..counters import LabelledCounter
 from ..log import get_logger
 from ..redact import mask_url
 from .connection import Broker
@@ -92,46 +90,27 @@ def error_kind(response: Any, caught: BaseException | None) -> str | None:
     return "api"
 
 
-class BrokerErrors(Collector):
+class BrokerErrors(LabelledCounter):
     """Failed SQS requests by operation and kind: ``celery_exporter_broker_errors_total``."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str], int] = {}
+        super().__init__(
+            "celery_exporter_broker_errors",
+            "Failed requests to the broker's API (each retried attempt counted), by operation "
+            "and kind: throttled, api or connection.",
+            ("operation", "kind"),
+        )
 
     def observe(self, **kwargs: Any) -> None:
         """botocore's ``needs-retry`` hook: count the attempt if it failed; never decide retries."""
         kind = error_kind(kwargs.get("response"), kwargs.get("caught_exception"))
         operation = getattr(kwargs.get("operation"), "name", "unknown")
         if kind is not None:
-            with self._lock:
-                key = (str(operation), kind)
-                self._counts[key] = self._counts.get(key, 0) + 1
+            self.count(str(operation), kind)
 
     def counts(self) -> dict[tuple[str, str], int]:
-        """A copy of the counts."""
-        with self._lock:
-            return dict(self._counts)
-
-    def describe(self) -> Iterator[Metric]:
-        """Yield the family without samples."""
-        yield self._family()
-
-    def collect(self) -> Iterator[Metric]:
-        """Yield ``celery_exporter_broker_errors_total{operation,kind}``."""
-        family = self._family()
-        for (operation, kind), count in sorted(self.counts().items()):
-            family.add_metric([operation, kind], count)
-        yield family
-
-    @staticmethod
-    def _family() -> CounterMetricFamily:
-        return CounterMetricFamily(
-            "celery_exporter_broker_errors",
-            "Failed requests to the broker's API (each retried attempt counted), by operation "
-            "and kind: throttled, api or connection.",
-            labels=["operation", "kind"],
-        )
+        """A copy of the counts, by (operation, kind)."""
+        return {(op, kind): n for (op, kind), n in self.by_labels().items()}
 
 
 def _code(exc: BaseException) -> str:

@@ -32,14 +32,12 @@ import hashlib
 import hmac
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from email.message import Message
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from ..broker.control import (
     RESULT_EXTENDED_HINT,
@@ -48,6 +46,7 @@ from ..broker.control import (
     ControlError,
     StoredCall,
 )
+from ..counters import LabelledCounter
 from ..log import get_logger
 from ..state import ClusterState
 from .api import COMMON_HEADERS, JSON
@@ -91,43 +90,22 @@ class Refused(Exception):
         self.status = status
 
 
-class ControlActions(Collector):
+class ControlActions(LabelledCounter):
     """``celery_exporter_control_actions_total{action,outcome}``: what task control did."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts = {(action, "accepted"): 0 for action in ACTIONS}
-
-    def count(self, action: str, outcome: str) -> None:
-        """Count one request of ``action`` that ended with ``outcome``."""
-        with self._lock:
-            self._counts[action, outcome] = self._counts.get((action, outcome), 0) + 1
-
-    def counts(self) -> dict[tuple[str, str], int]:
-        """A copy of the counts."""
-        with self._lock:
-            return dict(self._counts)
-
-    def describe(self) -> Iterator[Metric]:
-        """Yield the family without samples."""
-        yield self._family()
-
-    def collect(self) -> Iterator[Metric]:
-        """Yield the family with a sample for each action and outcome seen."""
-        family = self._family()
-        for (action, outcome), count in sorted(self.counts().items()):
-            family.add_metric([action, outcome], count)
-        yield family
-
-    @staticmethod
-    def _family() -> CounterMetricFamily:
-        return CounterMetricFamily(
+        super().__init__(
             "celery_exporter_control_actions",
             "Task control requests (--web.enable-control) by action (revoke, terminate, retry) "
             "and outcome (accepted, bad_request, forbidden, not_found, conflict, unsupported, "
             "failed, timeout).",
-            labels=["action", "outcome"],
+            ("action", "outcome"),
+            start=[(action, "accepted") for action in ACTIONS],
         )
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """A copy of the counts, by (action, outcome)."""
+        return {(action, outcome): n for (action, outcome), n in self.by_labels().items()}
 
 
 class CsrfTokens:
