@@ -24,7 +24,7 @@ from ..log import get_logger
 from . import queries
 from .handlers import TaskHandlers
 from .queries import TaskQuery
-from .records import TaskRecords, Update, detail_for_update
+from .records import TaskRecords, detail_for_update
 from .series import TASK_COUNTERS, Histogram, LabelKey, TaskSeries
 from .settings import Settings
 from .tasks import Task, TaskTable
@@ -93,12 +93,14 @@ class ClusterState:
             "worker-offline": self._worker_offline,
             "task-progress": self.handlers.progress,
         }
-        #: The task view's updates (``--web.task-api``), of the task each handler touched.
+        #: The task view (``--web.task-api``): its handlers run the series' ones, then add to
+        #: the task what the view shows.
         self.records: TaskRecords | None = None
-        self._view: dict[str, Update] | None = None
         if s.web_task_api:
-            self.records = TaskRecords(self.tasks, s.web_show_task_args)
-            self._view = self.records.by_type()
+            self.records = TaskRecords(
+                self.tasks, dict(self._apply), self._internal_error, s.web_show_task_args
+            )
+            self._apply.update(self.records.handlers())
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -109,7 +111,6 @@ class ClusterState:
         apply = self._apply
         counts = self.events
         malformed = self.malformed
-        view = self._view
         with self.lock:
             self.last_event = now
             for raw in events:
@@ -124,15 +125,9 @@ class ClusterState:
                     malformed["schema"] = malformed.get("schema", 0) + 1
                     continue
                 try:
-                    task = apply[etype](event, now)
+                    apply[etype](event, now)
                 except Exception:
                     self._internal_error(etype, "event_handler")
-                    continue
-                if task is not None and view is not None:
-                    try:
-                        view[etype](event, now, task)  # type: ignore[arg-type]
-                    except Exception:
-                        self._internal_error(etype, "task_view")
 
     def handle(self, event: dict[str, Any]) -> None:
         """Apply one event."""

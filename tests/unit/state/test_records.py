@@ -291,18 +291,21 @@ def test_worker_rows() -> None:
 
 
 def test_a_bug_in_the_view_is_an_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An exception in a record update is counted as task_view, the series still count."""
+    """An exception in the view's part is counted as task_view; the series still count."""
     state, _ = make()
-    assert state._view is not None
+    assert state.records is not None
 
-    def boom(event: Any, now: float, task: Any) -> None:
+    def boom(task: Any, event: Any) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setitem(state._view, "task-received", boom)
-    state.handle_batch([received("t1"), received("t2")])
-    assert state.errors.counts() == {"task_view": 2}
-    assert state.snapshot().counters["received"] == {("app.add", "celery"): 2}
-    assert state.snapshot().malformed == {}
+    monkeypatch.setattr(state.records, "_call", boom)  # task-received's inline update
+    monkeypatch.setattr(state.records, "_error", boom)  # task-failed's, through its update
+    state.handle_batch([received("t1"), received("t2"), failed("t2", "KeyError('k')")])
+    assert state.errors.counts() == {"task_view": 3}
+    snap = state.snapshot()
+    assert snap.counters["received"] == {("app.add", "celery"): 2}
+    assert snap.counters["failed"] == {("app.add", "celery", "KeyError"): 1}
+    assert snap.malformed == {}
 
 
 def test_producer_hostname_is_not_the_worker() -> None:
