@@ -185,13 +185,14 @@ class TaskRecords:
         """What task-sent and task-received tell about the call: retries, ids, arguments."""
         raw: dict[str, Any] = event  # type: ignore[assignment]
         retries = raw.get("retries")
-        if type(retries) is int and retries > task.retries:
+        if retries and type(retries) is int and retries > task.retries:
             task.retries = retries
         root = raw.get("root_id")
-        if type(root) is str:
-            task.root_id = task.uuid if root == task.uuid else root[:MAX_TEXT_LENGTH]
+        if root is not None and type(root) is str:
+            uuid = task.uuid
+            task.root_id = uuid if root == uuid else root[:MAX_TEXT_LENGTH]
         parent = raw.get("parent_id")
-        if type(parent) is str:
+        if parent is not None and type(parent) is str:
             detail_for_update(task).parent_id = parent[:MAX_TEXT_LENGTH]
         if task.name is OVERFLOW and event["name"] != UNKNOWN:
             detail_for_update(task).title = event["name"]
@@ -232,8 +233,8 @@ class TaskRecords:
         if task is None:
             return None
         try:
-            when = event["timestamp"] or now
-            task.history = task.history + ("task-received", when, task.host)  # noqa: RUF005
+            # The series' handler set the time: the event's, or its arrival.
+            task.history = task.history + ("task-received", task.received, task.host)  # noqa: RUF005
             if task.finished is None:
                 task.state = "received"
             if task.host is OVERFLOW:
@@ -249,8 +250,7 @@ class TaskRecords:
         if task is None:
             return None
         try:
-            when = event["timestamp"] or now
-            task.history = task.history + ("task-started", when, task.host)  # noqa: RUF005
+            task.history = task.history + ("task-started", task.started, task.host)  # noqa: RUF005
             if task.finished is None:
                 task.state = "started"
         except Exception:
