@@ -110,7 +110,10 @@ def task_detail(task: Task, with_args: bool) -> dict[str, Any]:
     more = detail(task)
     exception = more.exception
     row["exception_message"] = exception_message(more.exception_repr, exception)
-    row["traceback"] = more.traceback if exception is not None else None
+    traceback = more.traceback
+    row["traceback"] = (
+        "".join(traceback) if traceback is not None and exception is not None else None
+    )
     row["parent_id"] = more.parent_id
     row["root_id"] = task.root_id
     row["retried_as"] = more.retried_as

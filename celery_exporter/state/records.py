@@ -9,10 +9,10 @@ latest state, when it finished, its runtime and retries, its history, and, in a
 (``--web.show-task-args``), parent and a name or worker that a label cap replaced. One object
 per task serves both, so the view costs little memory or time per event.
 
-Long texts are capped: tracebacks at :data:`MAX_TRACEBACK_BYTES` (identical ones are kept
-once), exception reprs, progress messages and argument reprs at :data:`MAX_TEXT_LENGTH`
-characters, and a task's history at :data:`MAX_HISTORY` events. The caller holds the state's
-lock.
+Long texts are capped: tracebacks at :data:`MAX_TRACEBACK_BYTES` (the frames that failures
+share are kept once), exception reprs, progress messages and argument reprs at
+:data:`MAX_TEXT_LENGTH` characters, and a task's history at :data:`MAX_HISTORY` events. The
+caller holds the state's lock.
 
 Options read (through :class:`~celery_exporter.state.settings.Settings`):
 ``--web.show-task-args``.
@@ -42,7 +42,7 @@ MAX_TRACEBACK_BYTES = 16 * 1024
 MAX_TEXT_LENGTH = 4096
 #: Most events kept in a task's history; past it the oldest but the first are dropped.
 MAX_HISTORY = 64
-#: Most distinct tracebacks kept as one shared object each before that table starts afresh.
+#: Most distinct traceback frames kept as one shared object each before that table starts afresh.
 MAX_SHARED_TRACEBACKS = 1000
 
 Event = tuple[str, float, "str | None"]
@@ -67,7 +67,9 @@ class TaskDetail:
         self.worker: str | None = None
         self.exception: str | None = None
         self.exception_repr: str | None = None
-        self.traceback: str | None = None
+        #: The traceback as (all but its last line, its last line): the first part, a failing
+        #: line of code's frames, is one object for every failure that shares it.
+        self.traceback: tuple[str, str] | None = None
         #: (current, total, message, when it arrived), from the latest task-progress.
         self.progress: tuple[float | None, float | None, str | None, float] | None = None
         self.args: str | None = None
@@ -207,18 +209,24 @@ class TaskRecords:
         found.exception_repr = _text(event["exception_repr"])
         found.traceback = self._traceback(event.get("traceback"))
 
-    def _traceback(self, value: Any) -> str | None:
-        """The traceback capped, one object for equal texts (a failure repeats its traceback)."""
+    def _traceback(self, value: Any) -> tuple[str, str] | None:
+        """The traceback capped, split before its last line, the frames shared.
+
+        Failures of one line of code have the same frames and differ, if at all, in the last
+        line (the exception's message): the frames are kept once for all of them.
+        """
         text = _traceback(value)
         if text is None:
             return None
+        cut = text.rfind("\n", 0, len(text) - 1) + 1
+        frames = text[:cut]
         shared = self._tracebacks
-        found = shared.get(text)
+        found = shared.get(frames)
         if found is None:
             if len(shared) >= MAX_SHARED_TRACEBACKS:
                 shared.clear()
-            found = shared[text] = text
-        return found
+            found = shared[frames] = frames
+        return found, text[cut:]
 
     # -- events ---------------------------------------------------------------------------------
 

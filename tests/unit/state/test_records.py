@@ -331,3 +331,21 @@ def test_tasks_are_listed_by_their_latest_events_time() -> None:
     )  # fmt: skip
     assert ids(state) == ["a", "c", "b"]
     assert ids(state, states=frozenset({"failed"})) == ["a", "c", "b"]
+
+
+def test_failures_of_one_line_of_code_share_their_frames() -> None:
+    """Tracebacks that differ only in their last line keep one copy of the frames, and read whole."""
+    state, _ = make()
+    frames = "Traceback (most recent call last):\n" + '  File "app.py", line 9, in f\n' * 50
+    state.handle_batch(
+        [failed("t1", "KeyError('a')", frames + "KeyError: 'a'\n"),
+         failed("t2", "KeyError('b')", frames + "KeyError: 'b'\n")]
+    )  # fmt: skip
+    assert detail(state, "t2")["traceback"] == frames + "KeyError: 'b'\n"
+    one, two = state.tasks.find("t1"), state.tasks.find("t2")
+    assert one is not None and two is not None
+    assert one.detail.traceback[0] is two.detail.traceback[0]
+    assert (one.detail.traceback[1], two.detail.traceback[1]) == (
+        "KeyError: 'a'\n",
+        "KeyError: 'b'\n",
+    )
