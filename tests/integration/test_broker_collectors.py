@@ -160,6 +160,7 @@ def test_broker_stopped_mid_run(logdir: Path) -> None:
         client = Client(server.url())
         proc = ExporterProcess(server.url(), logdir, [*FAST, "--queues", "bq"]).start()
         try:
+            proc.wait_ready()  # subscribed: a task-sent published before would be lost
             client.send(taskapp.succeed, queue="bq")
             sent = sample("celery_task_sent_total", name="taskapp.succeed", queue_name="bq")
             wait_samples(
