@@ -213,7 +213,12 @@ def control_stack(
             if worker.process is not None and worker.process.poll() is not None:
                 raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
             rows = http.get_json("/api/v1/workers")[1]["workers"]
-            return any(w["hostname"] == worker.nodename and w["up"] for w in rows)
+            return any(
+                w["hostname"] == worker.nodename and w["up"] and w["queues"] == [QUEUE]
+                for w in rows
+            )
 
-        wait_for(worker_up, START_TIMEOUT, 0.2, f"worker {worker.nodename} to be up")
+        # Up, and its queue known from inspect: a task whose task-sent comes after the
+        # worker's task-received is then still counted under its queue, not the default one.
+        wait_for(worker_up, START_TIMEOUT, 0.2, f"worker {worker.nodename} up, queues known")
         yield ControlStack(redis, exporter, worker, client, tap, http, config)
