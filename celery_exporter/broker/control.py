@@ -32,6 +32,8 @@ MAX_CALLS = 4
 #: Seconds a connection to the broker or the result backend may take to open, and a read of
 #: the result backend to answer.
 BACKEND_SOCKET_TIMEOUT = 5.0
+#: Seconds a broker read may go on after the call's deadline has answered 504.
+SOCKET_GRACE = 2.0
 #: How to have workers store what a retry needs.
 RESULT_EXTENDED_HINT = (
     "set result_extended = True and a result_backend in the Celery app's configuration, so "
@@ -140,7 +142,10 @@ class Controller:
         return value
 
     def _connection(self) -> Any:
-        options = {"socket_connect_timeout": BACKEND_SOCKET_TIMEOUT, "socket_timeout": self.timeout,
+        # The socket gives up a little after the deadline, so a silent broker is always told
+        # as one (504) rather than as a failed call, even when the machine is slow.
+        read_timeout = self.timeout + SOCKET_GRACE
+        options = {"socket_connect_timeout": BACKEND_SOCKET_TIMEOUT, "socket_timeout": read_timeout,
                    **dict(self.app.conf.broker_transport_options or {})}  # fmt: skip
         conn = self.app.connection_for_write(transport_options=options)
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=self.timeout)

@@ -72,7 +72,9 @@ def test_max_finished_tasks(stack: Stack) -> None:
     """--max-finished-tasks keeps only the tasks that finished last; older ones are gone."""
     wait_api(stack.exporter, "tasks", lambda a: a["total"] == 0, "no task running", state="started")
     before = stack.exporter.metrics()
-    ids = [stack.client.send(SUCCEED, args=(i,), queue=QUEUE) for i in range(5)]
+    # Held, so every task-sent is in before the worker starts a task (see Client.held).
+    with stack.client.held(stack.worker, QUEUE):
+        ids = [stack.client.send(SUCCEED, args=(i,), queue=QUEUE) for i in range(5)]
     succeeded = sample("celery_task_succeeded_total", name=SUCCEED, queue_name=QUEUE)
     wait_metrics(stack.exporter, {succeeded: len(ids)}, before, worker=stack.worker)
     answer = api(stack.exporter, "tasks")
