@@ -241,7 +241,7 @@ class ClusterState:
             return [], 0
         with self.lock:
             now = self.clock()
-            records = self.records.all()
+            records = self.tasks.all()
         chosen, total = queries.select(records, query, now)
         with_args = self.settings.web_show_task_args
         with self.lock:
@@ -252,7 +252,7 @@ class ClusterState:
         if self.records is None:
             return None
         with self.lock:
-            record = self.records.get(task_id)
+            record = self.tasks.find(task_id)
             if record is None:
                 return None
             return queries.task_detail(record, self.settings.web_show_task_args)
@@ -262,7 +262,7 @@ class ClusterState:
         if self.records is None:
             return False
         with self.lock:
-            record = self.records.get(task_id)
+            record = self.tasks.find(task_id)
             if record is None:
                 return False
             detail_for_update(record).retried_as = new_id

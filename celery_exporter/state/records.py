@@ -128,14 +128,6 @@ class TaskRecords:
         self._started = series["task-started"]
         self._succeeded = series["task-succeeded"]
 
-    def get(self, task_id: str) -> Task | None:
-        """The task with this id, in flight or recently finished."""
-        return self.tasks.find(task_id)
-
-    def all(self) -> list[Task]:
-        """Every task in flight and recently finished (a new list of the same objects)."""
-        return self.tasks.all()
-
     def handlers(self) -> dict[str, Handler]:
         """Each task event type's handler: the series' one, then the view's update.
 
