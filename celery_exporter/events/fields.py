@@ -1,8 +1,9 @@
-"""Field values from untrusted events: label text bounded in length, exception class names."""
+"""Field values from untrusted events: label text bounded in length, exception class names, ETAs."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import Any
 
 #: The value of a label the event did not carry.
@@ -49,3 +50,16 @@ def _class_from_traceback(traceback: str) -> str:
     last = traceback[-2000:].rstrip().rsplit("\n", 1)[-1].strip()
     match = _TRACEBACK_CLASS.match(last)
     return _last_part(match.group(1)) if match else ""
+
+
+def eta_time(value: Any) -> float | None:
+    """An ISO 8601 time (naive means UTC) as a Unix time, else None."""
+    if not value or type(value) is not str:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()

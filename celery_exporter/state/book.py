@@ -7,7 +7,7 @@ undoes what a task's current step adds to the gauges when it moves on. The handl
 
 from __future__ import annotations
 
-from ..events.decode import TaskEvent
+from ..events.schema import TaskEvent
 from .labels import LabelCap
 from .series import LabelKey, TaskSeries
 from .settings import Settings
@@ -45,7 +45,7 @@ class TaskBook:
 
     def _worker(self, event: TaskEvent, now: float) -> tuple[str, Worker]:
         """The event's worker, capped, noted as seen now (see :meth:`WorkerTable.seen`)."""
-        host = self._hosts_seen.get(event["hostname"]) or self.workers.hostnames(event["hostname"])
+        host = self._hosts_seen.get(event.hostname) or self.workers.hostnames(event.hostname)
         worker = self._workers.get(host)
         if worker is not None and worker.online:
             worker.last_seen = now
@@ -56,10 +56,10 @@ class TaskBook:
     def _arrive(self, event: TaskEvent, now: float) -> tuple[Task, Worker]:
         """Find, or start tracking, the task a worker's received or started event is about."""
         host, worker = self._worker(event, now)
-        uuid = event["uuid"]
+        uuid = event.uuid
         task = self._inflight.get(uuid)
         if task is None:
-            name = self._names_seen.get(event["name"]) or self.names(event["name"])
+            name = self._names_seen.get(event.name) or self.names(event.name)
             task = self._track(uuid, name, self._queue_for(event, host))
         elif task.step:
             self.leave_step(task)
@@ -68,7 +68,7 @@ class TaskBook:
 
     def _queue_for(self, event: TaskEvent, host: str) -> str:
         """The queue an event names (the in-worker exporter's do), else its worker's only one."""
-        queue = event.get("queue")
+        queue = event.queue
         if queue:
             return self.queues(queue)
         queues = self.worker_queues.of(host)
@@ -113,20 +113,20 @@ class TaskBook:
 
     def _finish(self, event: TaskEvent, now: float) -> Task | None:
         """Retire a task on a final event; None when this event repeats one already counted."""
-        uuid = event["uuid"]
+        uuid = event.uuid
         host = self._worker(event, now)[0]
         task = self._inflight.pop(uuid, None)
         if task is None:
-            repeat, task = self.tasks.finished_task(uuid, event["type"])
+            repeat, task = self.tasks.finished_task(uuid, event.type)
             if repeat:
                 return None
             if task is not None:
                 return task
-            task = Task(uuid, self.names(event["name"]), self._queue_for(event, host))
+            task = Task(uuid, self.names(event.name), self._queue_for(event, host))
         elif task.step:
             self.leave_step(task)
         task.host = host
-        self.tasks.remember(uuid, event["type"], task)
+        self.tasks.remember(uuid, event.type, task)
         return task
 
     def _requeue(self, event: TaskEvent, now: float) -> Task:
@@ -135,13 +135,11 @@ class TaskBook:
         A retry publishes its new message (and task-sent) before task-retried, so the new
         task-sent or task-received may already be in: what came after the last start is kept.
         """
-        host = self.workers.hostnames(event["hostname"])
+        host = self.workers.hostnames(event.hostname)
         self.workers.seen(host, now)
-        task = self.tasks.get(event["uuid"])
+        task = self.tasks.get(event.uuid)
         if task is None:
-            task = self._track(
-                event["uuid"], self.names(event["name"]), self._queue_for(event, host)
-            )
+            task = self._track(event.uuid, self.names(event.name), self._queue_for(event, host))
             task.host = host
             return task
         last_start = task.started

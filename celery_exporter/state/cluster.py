@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events.decode import DECODERS, INVALID, WorkerEvent
+from ..events.decode import DECODERS, InvalidEvent
+from ..events.schema import Event, WorkerEvent
 from ..internal import InternalErrors
 from ..log import get_logger
 from . import queries
@@ -105,29 +106,49 @@ class ClusterState:
     # -- input ----------------------------------------------------------------------------------
 
     def handle_batch(self, events: Iterable[dict[str, Any]]) -> None:
-        """Check and apply events in order (objects with a string ``type``, as decoded)."""
-        now = self.clock()
+        """Check and apply event objects in order (each with a string ``type``, as parsed)."""
         decoders = DECODERS
+        checked: list[Event] = []
+        #: Events not applied: of types the state does not apply, and invalid ones (counted
+        #: under their types, as every event is).
+        skipped: list[str] = []
+        invalid = 0
+        for raw in events:
+            decoder = decoders.get(raw["type"])
+            if decoder is None:
+                skipped.append("other")
+                continue
+            event = decoder(raw)
+            if isinstance(event, InvalidEvent):
+                invalid += 1
+                skipped.append(raw["type"])
+                continue
+            checked.append(event)
+        with self.lock:
+            counts = self.events
+            for etype in skipped:
+                counts[etype] = counts.get(etype, 0) + 1
+            if invalid:
+                self.malformed["schema"] = self.malformed.get("schema", 0) + invalid
+            self._apply_locked(checked)
+
+    def apply_batch(self, events: Iterable[Event]) -> None:
+        """Apply typed events in order (:mod:`celery_exporter.events.schema`)."""
+        with self.lock:
+            self._apply_locked(events)
+
+    def _apply_locked(self, events: Iterable[Event]) -> None:
+        now = self.clock()
         apply = self._apply
         counts = self.events
-        malformed = self.malformed
-        with self.lock:
-            self.last_event = now
-            for raw in events:
-                etype = raw["type"]
-                decoder = decoders.get(etype)
-                if decoder is None:
-                    counts["other"] = counts.get("other", 0) + 1
-                    continue
-                counts[etype] = counts.get(etype, 0) + 1
-                event = decoder(raw)
-                if event is INVALID:
-                    malformed["schema"] = malformed.get("schema", 0) + 1
-                    continue
-                try:
-                    apply[etype](event, now)
-                except Exception:
-                    self._internal_error(etype, "event_handler")
+        self.last_event = now
+        for event in events:
+            etype = event.type
+            counts[etype] = counts.get(etype, 0) + 1
+            try:
+                apply[etype](event, now)
+            except Exception:
+                self._internal_error(etype, "event_handler")
 
     def handle(self, event: dict[str, Any]) -> None:
         """Apply one event."""
@@ -146,16 +167,16 @@ class ClusterState:
     # -- worker events --------------------------------------------------------------------------
 
     def _worker_online(self, event: WorkerEvent, now: float) -> None:
-        host = self.workers.hostnames(event["hostname"])
+        host = self.workers.hostnames(event.hostname)
         self.handlers.release_tasks_of(host)
         self.workers.seen(host, now, revive=True).heartbeat(event, now)
 
     def _worker_heartbeat(self, event: WorkerEvent, now: float) -> None:
-        host = self.workers.hostnames(event["hostname"])
+        host = self.workers.hostnames(event.hostname)
         self.workers.seen(host, now, revive=True).heartbeat(event, now)
 
     def _worker_offline(self, event: WorkerEvent, now: float) -> None:
-        host = self.workers.hostnames(event["hostname"])
+        host = self.workers.hostnames(event.hostname)
         self.workers.offline(host, now)
         self.handlers.release_tasks_of(host)
 

@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from ..events.decode import TASK_EVENTS, TaskEvent
+from ..events.decode import TASK_EVENTS
+from ..events.schema import TaskEvent, TaskWithError, TaskWithEta
 from .book import TaskBook
 from .tasks import RECEIVED, STARTED, Task
 
@@ -20,36 +22,36 @@ TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
 class TaskHandlers(TaskBook):
     """The task event handlers: what each event type counts, over :class:`TaskBook`."""
 
-    def by_type(self) -> dict[str, Callable[[TaskEvent, float], Task | None]]:
+    def by_type(self) -> dict[str, Callable[[Any, float], Task | None]]:
         """The handler of each task event type: the method named after it (``task-sent``: sent)."""
         return {etype: getattr(self, etype.removeprefix("task-")) for etype in TASK_EVENTS}
 
     # -- events ---------------------------------------------------------------------------------
 
-    def sent(self, event: TaskEvent, now: float) -> Task:
+    def sent(self, event: TaskWithEta, now: float) -> Task:
         """A producer published the task (possibly after a short task already finished)."""
-        task = self.tasks.get(event["uuid"])
-        sent = event["timestamp"] or now
-        queue = event.get("queue")
+        task = self.tasks.get(event.uuid)
+        sent = event.timestamp or now
+        queue = event.queue
         if task is None:
-            done = self.tasks.was_finished(event["uuid"])
+            done = self.tasks.was_finished(event.uuid)
             if done is not None:
                 # Producers publish task-sent after the task itself: a short task can finish
                 # first. Count it under the labels the task ran with, and do not track it again.
-                self._late_sent(done, sent, event.get("eta"), queue)
+                self._late_sent(done, sent, event.eta, queue)
                 return done
             task = self._track(
-                event["uuid"],
-                self.names(event["name"]),
+                event.uuid,
+                self.names(event.name),
                 self.queues(queue or self.settings.default_queue),
             )
         elif task.step == STARTED and task.started is not None and sent <= task.started:
-            self._late_sent(task, sent, event.get("eta"), queue)
+            self._late_sent(task, sent, event.eta, queue)
             return task
         elif queue:
             task.queue = self.queues(queue)
         task.sent = sent
-        task.eta = event.get("eta")
+        task.eta = event.eta
         running_key = task.key
         self._count("sent", task, "")
         if task.step == STARTED:
@@ -57,21 +59,21 @@ class TaskHandlers(TaskBook):
             task.key = running_key
         return task
 
-    def received(self, event: TaskEvent, now: float) -> Task:
+    def received(self, event: TaskWithEta, now: float) -> Task:
         """A worker took the task off its queue."""
         task, worker = self._arrive(event, now)
         task.step = RECEIVED
-        task.received = event["timestamp"] or now
-        if event.get("eta") is not None:
-            task.eta = event.get("eta")
+        task.received = event.timestamp or now
+        if event.eta is not None:
+            task.eta = event.eta
         worker.reserved += 1
         self._count("received", task, task.host)
         return task
 
-    def started(self, event: TaskEvent, now: float) -> Task:
+    def started(self, event: TaskWithEta, now: float) -> Task:
         """A worker started running the task."""
         task, worker = self._arrive(event, now)
-        started = event["timestamp"] or now
+        started = event.timestamp or now
         task.step = STARTED
         task.started = started
         worker.busy += 1
@@ -93,35 +95,35 @@ class TaskHandlers(TaskBook):
         if task is None:
             return None
         key = self._count("succeeded", task, task.host)
-        runtime = event["runtime"]
+        runtime = event.runtime
         if runtime is None and task.started is not None:
-            runtime = _duration((event["timestamp"] or now) - task.started)
+            runtime = _duration((event.timestamp or now) - task.started)
         if runtime is not None:
             self.series.observe_runtime((*key, "succeeded"), runtime)
         return task
 
-    def failed(self, event: TaskEvent, now: float) -> Task | None:
+    def failed(self, event: TaskWithError, now: float) -> Task | None:
         """The task raised."""
         task = self._finish(event, now)
         if task is None:
             return None
-        exception = self.exceptions(event["exception"])
+        exception = self.exceptions(event.exception)
         key = self._count("failed", task, task.host, exception)
-        kind = TIMEOUT_KINDS.get(event["exception"])
+        kind = TIMEOUT_KINDS.get(event.exception)
         series = self.series
         if kind is not None:
             series.count_timeout((*key, kind))
         series.fail(key, now)
         if task.started is not None:
-            runtime = _duration((event["timestamp"] or now) - task.started)
+            runtime = _duration((event.timestamp or now) - task.started)
             if runtime is not None:
                 series.observe_runtime((*key, "failed"), runtime)
         return task
 
-    def retried(self, event: TaskEvent, now: float) -> Task:
+    def retried(self, event: TaskWithError, now: float) -> Task:
         """The task asked to run again later."""
         task = self._requeue(event, now)
-        self._count("retried", task, task.host, self.exceptions(event["exception"]))
+        self._count("retried", task, task.host, self.exceptions(event.exception))
         return task
 
     def revoked(self, event: TaskEvent, now: float) -> Task | None:
@@ -133,7 +135,7 @@ class TaskHandlers(TaskBook):
 
     def rejected(self, event: TaskEvent, now: float) -> Task | None:
         """A worker rejected the task: back to its queue, or dropped."""
-        task = self._requeue(event, now) if event["requeue"] else self._finish(event, now)
+        task = self._requeue(event, now) if event.requeue else self._finish(event, now)
         if task is not None:
             self._count("rejected", task, task.host)
         return task
@@ -148,7 +150,7 @@ class TaskHandlers(TaskBook):
 
     def progress(self, event: TaskEvent, now: float) -> Task | None:
         """A task's own report of how far it is: counts nothing, only finds the task."""
-        return self.tasks.find(event["uuid"])
+        return self.tasks.find(event.uuid)
 
     # -- late task-sent ---------------------------------------------------------------------
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..events.decode import TASK_EVENTS, TaskEvent
+from ..events.decode import TASK_EVENTS
 from ..events.fields import UNKNOWN
+from ..events.schema import TaskEvent, TaskWithError, TaskWithEta
 from .failures import FailureLog
 from .labels import OVERFLOW
 from .tasks import Task, TaskTable
@@ -46,8 +47,8 @@ MAX_HISTORY = 64
 MAX_SHARED_TRACEBACKS = 1000
 
 Event = tuple[str, float, "str | None"]
-Handler = Callable[[TaskEvent, float], "Task | None"]
-Update = Callable[[TaskEvent, float, Task], None]
+Handler = Callable[[Any, float], "Task | None"]
+Update = Callable[[Any, float, Task], None]
 #: The types whose handler here does the series' part and the view's in one method.
 _INLINE = frozenset({"task-received", "task-started", "task-succeeded"})
 _HISTORY_ITEMS = 3 * MAX_HISTORY
@@ -177,29 +178,28 @@ class TaskRecords:
 
     def _call(self, task: Task, event: TaskEvent) -> None:
         """What task-sent and task-received tell about the call: retries, ids, arguments."""
-        raw: dict[str, Any] = event  # type: ignore[assignment]
-        retries = raw.get("retries")
-        if retries and type(retries) is int and retries > task.retries:
+        retries = event.retries
+        if retries is not None and retries > task.retries:
             task.retries = retries
-        root = raw.get("root_id")
-        if root is not None and type(root) is str:
+        root = event.root_id
+        if root is not None:
             uuid = task.uuid
             task.root_id = uuid if root == uuid else root[:MAX_TEXT_LENGTH]
-        parent = raw.get("parent_id")
-        if parent is not None and type(parent) is str:
+        parent = event.parent_id
+        if parent is not None:
             detail_for_update(task).parent_id = parent[:MAX_TEXT_LENGTH]
-        if task.name is OVERFLOW and event["name"] != UNKNOWN:
-            detail_for_update(task).title = event["name"]
+        if task.name is OVERFLOW and event.name != UNKNOWN:
+            detail_for_update(task).title = event.name
         if self.with_args:
             found = detail_for_update(task)
-            found.args = _text(raw.get("args"))
-            found.kwargs = _text(raw.get("kwargs"))
+            found.args = _text(event.args)
+            found.kwargs = _text(event.kwargs)
 
-    def _error(self, task: Task, event: TaskEvent) -> None:
+    def _error(self, task: Task, event: TaskWithError) -> None:
         found = detail_for_update(task)
-        found.exception = event["exception"]
-        found.exception_repr = _text(event["exception_repr"])
-        found.traceback = self._traceback(event.get("traceback"))
+        found.exception = event.exception
+        found.exception_repr = _text(event.exception_repr)
+        found.traceback = self._traceback(event.traceback)
 
     def _traceback(self, value: Any) -> tuple[str, str] | None:
         """The traceback capped, split before its last line, the frames shared.
@@ -222,12 +222,12 @@ class TaskRecords:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def sent(self, event: TaskEvent, now: float, task: Task) -> None:
+    def sent(self, event: TaskWithEta, now: float, task: Task) -> None:
         """A producer published the task; its host is no worker."""
-        self._note(task, "task-sent", event["timestamp"] or now, "")
+        self._note(task, "task-sent", event.timestamp or now, "")
         self._call(task, event)
 
-    def on_received(self, event: TaskEvent, now: float) -> Task | None:
+    def on_received(self, event: TaskWithEta, now: float) -> Task | None:
         """task-received: a worker took the task off its queue."""
         task = self._received(event, now)
         if task is None:
@@ -238,13 +238,13 @@ class TaskRecords:
             if task.finished is None:
                 task.state = "received"
             if task.host is OVERFLOW:
-                detail_for_update(task).worker = event["hostname"]
+                detail_for_update(task).worker = event.hostname
             self._call(task, event)
         except Exception:
             self.on_error("task-received", "task_view")
         return task
 
-    def on_started(self, event: TaskEvent, now: float) -> Task | None:
+    def on_started(self, event: TaskWithEta, now: float) -> Task | None:
         """task-started: a worker started running the task."""
         task = self._started(event, now)
         if task is None:
@@ -263,20 +263,20 @@ class TaskRecords:
         if task is None:
             return None
         try:
-            when = event["timestamp"] or now
+            when = event.timestamp or now
             task.history = task.history + ("task-succeeded", when, task.host)  # noqa: RUF005
             if task.finished is None:
                 task.state = "succeeded"
                 task.finished = when
-                runtime = event["runtime"]
+                runtime = event.runtime
                 task.runtime = runtime if runtime is not None else _runtime(task)
         except Exception:
             self.on_error("task-succeeded", "task_view")
         return task
 
-    def failed(self, event: TaskEvent, now: float, task: Task) -> None:
+    def failed(self, event: TaskWithError, now: float, task: Task) -> None:
         """The task raised."""
-        when = event["timestamp"] or now
+        when = event.timestamp or now
         self._note(task, "task-failed", when, task.host)
         if task.finished is not None:
             return
@@ -286,13 +286,13 @@ class TaskRecords:
         self._error(task, event)
         found = detail(task)
         self.failures.add(
-            found.title or task.name, event["exception"], task.uuid, found.exception_repr,
+            found.title or task.name, event.exception, task.uuid, found.exception_repr,
             when, now,
         )  # fmt: skip
 
-    def retried(self, event: TaskEvent, now: float, task: Task) -> None:
+    def retried(self, event: TaskWithError, now: float, task: Task) -> None:
         """The task asked to run again later."""
-        self._note(task, "task-retried", event["timestamp"] or now, task.host)
+        self._note(task, "task-retried", event.timestamp or now, task.host)
         self._error(task, event)
         if task.finished is None:
             task.state = "retried"
@@ -304,16 +304,16 @@ class TaskRecords:
 
     def rejected(self, event: TaskEvent, now: float, task: Task) -> None:
         """A worker rejected the task: back to its queue, or dropped."""
-        if not event["requeue"]:
+        if not event.requeue:
             self._end(task, "rejected", "task-rejected", event, now)
             return
-        self._note(task, "task-rejected", event["timestamp"] or now, task.host)
+        self._note(task, "task-rejected", event.timestamp or now, task.host)
         if task.finished is None:
             task.state = "rejected"
 
     def cancelled(self, event: TaskEvent, now: float, task: Task) -> None:
         """A worker gave the task back to its queue."""
-        self._note(task, "task-cancelled", event["timestamp"] or now, task.host)
+        self._note(task, "task-cancelled", event.timestamp or now, task.host)
         if task.finished is None:
             task.state = "sent"
 
@@ -323,14 +323,14 @@ class TaskRecords:
 
     def progress(self, event: TaskEvent, now: float, task: Task) -> None:
         """The task reported how far it is (it is not added to the history)."""
-        message = event["message"]
+        message = event.message
         if message is not None and len(message) > MAX_TEXT_LENGTH:
             message = message[:MAX_TEXT_LENGTH]
-        detail_for_update(task).progress = (event["current"], event["total"], message, now)
+        detail_for_update(task).progress = (event.current, event.total, message, now)
 
     def _end(self, task: Task, state: str, etype: str, event: TaskEvent, now: float) -> None:
         """A final event: the task ends in ``state`` unless it had already ended."""
-        when = event["timestamp"] or now
+        when = event.timestamp or now
         self._note(task, etype, when, task.host)
         if task.finished is None:
             task.state = state

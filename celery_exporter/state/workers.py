@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..events.decode import WorkerEvent
+from ..events.schema import WorkerEvent
 from .labels import LabelCap
 
 #: Heartbeat interval assumed until a worker's heartbeat says otherwise (Celery's default).
@@ -42,19 +42,19 @@ class Worker:
     def heartbeat(self, event: WorkerEvent, now: float) -> None:
         """Take what a worker-online or worker-heartbeat event tells."""
         self.last_heartbeat = now
-        if (freq := event["freq"]) is not None:
+        if (freq := event.freq) is not None:
             self.freq = freq
-        if (active := event["active"]) is not None:
+        if (active := event.active) is not None:
             self.active = active
-        if (processed := event["processed"]) is not None:
+        if (processed := event.processed) is not None:
             self.processed = processed
-        if (loadavg := event["loadavg"]) is not None:
+        if (loadavg := event.loadavg) is not None:
             self.loadavg = loadavg
-        if (sw_ident := event["sw_ident"]) is not None:
+        if (sw_ident := event.sw_ident) is not None:
             self.sw_ident = sw_ident
-        if (sw_ver := event["sw_ver"]) is not None:
+        if (sw_ver := event.sw_ver) is not None:
             self.sw_ver = sw_ver
-        if (sw_sys := event["sw_sys"]) is not None:
+        if (sw_sys := event.sw_sys) is not None:
             self.sw_sys = sw_sys
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from celery_exporter.events.decode import (
-    DECODERS,
-    INVALID,
+from celery_exporter.events.decode import DECODERS, INVALID, decode
+from celery_exporter.events.schema import (
     MAX_UUID_LENGTH,
     TaskEvent,
+    TaskStarted,
     WorkerEvent,
-    decode,
+    WorkerHeartbeat,
 )
 
 T0 = 1_700_000_000.0
@@ -21,15 +21,17 @@ T0 = 1_700_000_000.0
 def task(etype: str, **fields: Any) -> TaskEvent:
     """Decode a task event that must be valid."""
     event = decode({"type": etype, "uuid": "u1", **fields})
-    assert isinstance(event, dict)
-    return cast(TaskEvent, event)
+    assert isinstance(event, TaskEvent)
+    assert event.type == etype
+    return event
 
 
 def worker(etype: str = "worker-heartbeat", **fields: Any) -> WorkerEvent:
     """Decode a worker event."""
     event = decode({"type": etype, **fields})
-    assert isinstance(event, dict)
-    return cast(WorkerEvent, event)
+    assert isinstance(event, WorkerEvent)
+    assert event.type == etype
+    return event
 
 
 def test_every_applied_type_has_a_decoder() -> None:
@@ -41,12 +43,12 @@ def test_every_applied_type_has_a_decoder() -> None:
     ]  # fmt: skip
 
 
-def test_celery_event_is_checked_in_place() -> None:
-    """A task event as Celery sends it comes back as the same dict, with nothing copied."""
+def test_celery_event_becomes_its_typed_event() -> None:
+    """A task event as Celery sends it becomes its type's class with its values, the rest unset."""
     raw = {"type": "task-started", "uuid": "u1", "hostname": "celery@w1", "timestamp": T0}
-    assert decode(raw) is raw
-    assert raw == {"type": "task-started", "uuid": "u1", "hostname": "celery@w1",
-                   "timestamp": T0, "name": "unknown"}  # fmt: skip
+    assert decode(raw) == TaskStarted(uuid="u1", hostname="celery@w1", timestamp=T0)
+    heartbeat = decode({"type": "worker-heartbeat", "hostname": "celery@w1", "active": 1})
+    assert heartbeat == WorkerHeartbeat(hostname="celery@w1", active=1)
 
 
 def test_unknown_type_decodes_to_none() -> None:
@@ -73,18 +75,18 @@ def test_task_event_fields_as_celery_sends_them() -> None:
         eta="2023-11-14T22:13:30+00:00",
         queue="mail",
     )
-    assert (event["type"], event["uuid"], event["name"], event["hostname"]) == (
+    assert (event.type, event.uuid, event.name, event.hostname) == (
         "task-received", "u1", "app.add", "celery@w1"
     )  # fmt: skip
-    assert (event["timestamp"], event["eta"], event["queue"]) == (T0, 1_700_000_010.0, "mail")
+    assert (event.timestamp, event.eta, event.queue) == (T0, 1_700_000_010.0, "mail")
 
 
 def test_wrong_typed_labels_become_strings() -> None:
     """Labels of any JSON type become strings: none is 'unknown', others their text, cut to 200."""
     event = task("task-started", name=None, hostname=7)
-    assert (event["name"], event["hostname"]) == ("unknown", "7")
-    assert task("task-started", name="n" * 300)["name"] == "n" * 200
-    assert task("task-started", name="")["name"] == "unknown"
+    assert (event.name, event.hostname) == ("unknown", "7")
+    assert task("task-started", name="n" * 300).name == "n" * 200
+    assert task("task-started", name="").name == "unknown"
 
 
 @pytest.mark.parametrize(
@@ -95,7 +97,7 @@ def test_wrong_typed_labels_become_strings() -> None:
 )  # fmt: skip
 def test_timestamp_in_range_or_none(value: Any, expected: float | None) -> None:
     """Only a positive number before year 5138 is a timestamp; anything else means 'now'."""
-    assert task("task-started", timestamp=value)["timestamp"] == expected
+    assert task("task-started", timestamp=value).timestamp == expected
 
 
 @pytest.mark.parametrize(
@@ -106,7 +108,7 @@ def test_timestamp_in_range_or_none(value: Any, expected: float | None) -> None:
 )  # fmt: skip
 def test_runtime_in_range_or_none(value: Any, expected: float | None) -> None:
     """A task-succeeded runtime is a number from 0 up to 1e7 seconds, else unknown."""
-    assert task("task-succeeded", runtime=value)["runtime"] == expected
+    assert task("task-succeeded", runtime=value).runtime == expected
 
 
 @pytest.mark.parametrize(
@@ -116,41 +118,41 @@ def test_runtime_in_range_or_none(value: Any, expected: float | None) -> None:
 )
 def test_eta_is_iso_time_naive_meaning_utc(value: Any, expected: float | None) -> None:
     """An ETA is an ISO 8601 time (naive means UTC); anything else is no ETA."""
-    assert task("task-sent", eta=value)["eta"] == expected
+    assert task("task-sent", eta=value).eta == expected
 
 
 def test_sent_queue_comes_from_queue_then_routing_key() -> None:
     """task-sent names its queue in 'queue', else in 'routing_key'; other types give their text."""
-    assert task("task-sent", queue="a", routing_key="b")["queue"] == "a"
-    assert task("task-sent", routing_key="b")["queue"] == "b"
-    assert task("task-sent", queue=5)["queue"] == "5"
-    assert task("task-sent")["queue"] is None
+    assert task("task-sent", queue="a", routing_key="b").queue == "a"
+    assert task("task-sent", routing_key="b").queue == "b"
+    assert task("task-sent", queue=5).queue == "5"
+    assert task("task-sent").queue is None
 
 
 def test_worker_queue_field_must_be_a_string() -> None:
     """A worker-side task event's queue is used only when it is a non-empty string."""
-    assert task("task-started", queue="q")["queue"] == "q"
-    assert task("task-started", queue=5)["queue"] is None
-    assert task("task-started", queue="")["queue"] is None
+    assert task("task-started", queue="q").queue == "q"
+    assert task("task-started", queue=5).queue is None
+    assert task("task-started", queue="").queue is None
 
 
 def test_failure_exception_class_from_repr_or_traceback() -> None:
     """task-failed and task-retried carry the exception's class name, from its repr or traceback."""
-    assert task("task-failed", exception="KeyError('k')")["exception"] == "KeyError"
+    assert task("task-failed", exception="KeyError('k')").exception == "KeyError"
     hard = task(
         "task-failed",
         exception="ExceptionWithTraceback()",
         traceback="Traceback...\nbilliard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)\n",
     )
-    assert hard["exception"] == "TimeLimitExceeded"
-    assert task("task-retried", exception=None, traceback=7)["exception"] == "unknown"
+    assert hard.exception == "TimeLimitExceeded"
+    assert task("task-retried", exception=None, traceback=7).exception == "unknown"
 
 
 def test_requeue_only_when_true() -> None:
     """A rejected task goes back to its queue only when requeue is the JSON value true."""
-    assert task("task-rejected", requeue=True)["requeue"] is True
-    assert task("task-rejected", requeue="true")["requeue"] is False
-    assert task("task-rejected")["requeue"] is False
+    assert task("task-rejected", requeue=True).requeue is True
+    assert task("task-rejected", requeue="true").requeue is False
+    assert task("task-rejected").requeue is False
 
 
 def test_heartbeat_fields_checked() -> None:
@@ -159,17 +161,17 @@ def test_heartbeat_fields_checked() -> None:
         hostname="celery@w1", freq=2, active=3, processed=10, loadavg=[0.5, 0.25, 0.1],
         sw_ident="py-celery", sw_ver="5.7.0", sw_sys="Linux",
     )  # fmt: skip
-    assert (good["hostname"], good["freq"], good["active"], good["processed"]) == (
+    assert (good.hostname, good.freq, good.active, good.processed) == (
         "celery@w1",
         2.0,
         3,
         10,
     )
-    assert good["loadavg"] == (0.5, 0.25, 0.1)
-    assert (good["sw_ident"], good["sw_ver"], good["sw_sys"]) == ("py-celery", "5.7.0", "Linux")
+    assert good.loadavg == (0.5, 0.25, 0.1)
+    assert (good.sw_ident, good.sw_ver, good.sw_sys) == ("py-celery", "5.7.0", "Linux")
     bad = worker(freq=3600, active=-1, processed=True, loadavg=[1, "2", 3], sw_ident=5, sw_ver=None)
-    assert (bad["hostname"], bad["freq"], bad["active"], bad["processed"], bad["loadavg"]) == (
+    assert (bad.hostname, bad.freq, bad.active, bad.processed, bad.loadavg) == (
         "unknown", None, None, None, None
     )  # fmt: skip
-    assert (bad["sw_ident"], bad["sw_ver"], bad["sw_sys"]) == (None, None, None)
-    assert worker(loadavg=[1e12, 0, 0])["loadavg"] is None
+    assert (bad.sw_ident, bad.sw_ver, bad.sw_sys) == (None, None, None)
+    assert worker(loadavg=[1e12, 0, 0]).loadavg is None

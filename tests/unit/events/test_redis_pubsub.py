@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from celery_exporter.broker import Broker
 from celery_exporter.events.consumer import APPLY_EVERY, POLL_SECONDS, EventConsumer
 from celery_exporter.events.redis_pubsub import EventSubscription, RedisTarget, StreamClosed, pack
+from celery_exporter.events.schema import Event
 from celery_exporter.state import ClusterState
 from celery_exporter.web.health import Health
 from tests.support.clock import ManualClock
@@ -141,13 +141,13 @@ def test_ingest_applies_a_read_a_few_messages_at_a_time_in_order(
     state = ClusterState()
     consumer = EventConsumer(Broker("redis://127.0.0.1:1/0"), state, Health(), enable_events=False)
     batches: list[list[str]] = []
-    apply = state.handle_batch
+    apply = state.apply_batch
 
-    def handle_batch(events: list[dict[str, Any]]) -> None:
-        batches.append([event["type"] for event in events])
+    def apply_batch(events: list[Event]) -> None:
+        batches.append([event.type for event in events])
         apply(events)
 
-    monkeypatch.setattr(state, "handle_batch", handle_batch)
+    monkeypatch.setattr(state, "apply_batch", apply_batch)
     payloads = [
         encode_envelope(event, routing_key="task")
         for i in range(20)
