@@ -8,11 +8,14 @@ in its body or in its fixtures (also fixtures set up for an earlier test and sti
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 
 #: How many lines of each log a failed test's report shows.
 TAIL_LINES = 40
@@ -153,3 +156,20 @@ class FailureLogs:
         if report.failed:
             report.sections.extend(sections(self.logs_for(item), self.lines))
         return report
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """structlog's ``capture_logs``, leaving structlog unconfigured if it found it so.
+
+    ``capture_logs`` marks structlog as configured when it ends, with the default (printing)
+    logger; code that sets structlog up only when nothing has (the in-worker exporter) would
+    then print its lines instead of handing them to the logging module.
+    """
+    configured = structlog.is_configured()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            yield logs
+    finally:
+        if not configured:
+            structlog.reset_defaults()

@@ -6,7 +6,6 @@ from collections import Counter
 from typing import Any
 
 import pytest
-import structlog
 
 from celery_exporter.events.envelope import decode_envelope
 from celery_exporter.state import ClusterState, Settings, Snapshot, WorkerQueues
@@ -31,6 +30,7 @@ from tests.support.events import (
     succeeded,
     worker_event,
 )
+from tests.support.logs import captured_logs
 
 ADD = ("app.add", "celery")
 
@@ -779,13 +779,8 @@ def test_a_handler_that_raises_is_an_internal_error(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(TaskHandlers, "_arrive", broken)
     state, _ = make()
-    configured = structlog.is_configured()
-    try:
-        with structlog.testing.capture_logs() as logs:
-            state.handle_batch([received("u1"), heartbeat(W2), sent("u2")])
-    finally:
-        if not configured:  # leave structlog unconfigured for code that checks (worker side)
-            structlog.reset_defaults()
+    with captured_logs() as logs:
+        state.handle_batch([received("u1"), heartbeat(W2), sent("u2")])
     snap = state.snapshot()
     assert state.errors.counts() == {"event_handler": 1}
     assert snap.malformed == {}

@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 
 from celery_exporter.broker.control import ControlError, StoredCall
@@ -39,6 +38,7 @@ from celery_exporter.web.control import (
 from celery_exporter.web.pages import LINKS, TaskPages
 from celery_exporter.web.server import MetricsServer
 from celery_exporter.web.webconfig import WebConfigWatcher
+from tests.support.logs import captured_logs
 from tests.support.taskview_scene import READY, STUCK_AFTER, Scene, scene
 from tests.tls import bcrypt_hash
 
@@ -501,7 +501,7 @@ def test_broker_errors_answer_503_and_504(r: Rig, error: ControlError, outcome: 
 def test_audit_log_and_counter(r: Rig) -> None:
     """Each action is logged at info with user, action, task id and outcome, and counted."""
     r.recorder.stored["t-fail"] = stored("t-fail")
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs() as logs:
         r.api("/api/v1/tasks/t-slow/revoke", {"terminate": True})
         r.api("/api/v1/tasks/t-fail/retry")
         r.api("/api/v1/tasks/t-ok/retry")
