@@ -24,8 +24,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ingest import refuse_malformed
+
 from celery_exporter.collectors.events import EventCollector
-from celery_exporter.events.envelope import decode_envelope
+from celery_exporter.events.ingest import apply_envelopes
 from celery_exporter.state import ClusterState, Settings
 from tests.support.events import encode_envelope
 
@@ -81,8 +83,7 @@ def main() -> None:
              "traceback": f"Traceback...\nFloodError{i}: message {i}\n"},
             routing_key="task.failed", hostname=host,
         )  # fmt: skip
-        state.handle_batch(decode_envelope(received))
-        state.handle_batch(decode_envelope(failed))
+        apply_envelopes(state, [received, failed], refuse_malformed)
         if (i + 1) % step == 0:
             snap = state.snapshot()
             print(f"{i + 1:>9} tasks  {series(state)}  overflow {snap.overflow}  "

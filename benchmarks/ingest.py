@@ -1028,6 +1028,11 @@ def compare_task_view(args: argparse.Namespace, built: tuple[Traffic, float]) ->
     return 0 if summary["all_counted"] else 1
 
 
+def refuse_malformed(reason: str, detail: str) -> None:
+    """For in-process runs over built traffic, none of which is malformed: stop if some is."""
+    raise SystemExit(f"malformed message in built traffic ({reason}): {detail}")
+
+
 def on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds run(), which stops everything it started
 

@@ -40,13 +40,13 @@ from types import TracebackType
 from typing import Any
 
 import psutil
-from ingest import machine_info, on_sigterm, revision
+from ingest import machine_info, on_sigterm, refuse_malformed, revision
 from task_memory import build_scene, commands, envelopes, fed_exporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from celery_exporter.daemon import tune_gc
-from celery_exporter.events.envelope import decode_envelope
+from celery_exporter.events.ingest import apply_envelopes
 from celery_exporter.state import ClusterState
 from celery_exporter.web.api import TaskApi, parse_params, parse_task_query
 from celery_exporter.web.server import Request
@@ -118,11 +118,7 @@ def ms(times: Sequence[float]) -> str:
 def fed_state(payloads: Sequence[bytes]) -> ClusterState:
     """A ClusterState with the daemon's defaults that has applied every payload's events."""
     state = ClusterState()
-    for start in range(0, len(payloads), 16):  # as the daemon applies a read: 16 at a time
-        batch: list[dict[str, Any]] = []
-        for data in payloads[start : start + 16]:
-            batch += decode_envelope(data)
-        state.handle_batch(batch)
+    apply_envelopes(state, payloads, refuse_malformed)  # as the daemon applies a read
     return state
 
 

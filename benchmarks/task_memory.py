@@ -50,6 +50,7 @@ from ingest import (
     machine_info,
     on_sigterm,
     publish,
+    refuse_malformed,
     revision,
     start_exporter,
 )
@@ -294,7 +295,7 @@ def measure(
 
 def profile(scene: Scene, top: int) -> None:
     """tracemalloc over a ClusterState fed the scene, with and without the task view."""
-    from celery_exporter.events.envelope import decode_envelope
+    from celery_exporter.events.ingest import apply_envelopes
     from celery_exporter.state import ClusterState
     from celery_exporter.state.settings import Settings
 
@@ -307,12 +308,7 @@ def profile(scene: Scene, top: int) -> None:
         gc.collect()
         tracemalloc.start(6)
         first = tracemalloc.take_snapshot()
-        for start in range(0, len(payloads), 16):  # as the daemon applies them: 16 at a time
-            batch: list[Event] = []
-            for data in payloads[start : start + 16]:
-                batch += decode_envelope(data)
-            state.handle_batch(batch)
-        del batch
+        apply_envelopes(state, payloads, refuse_malformed)  # as the daemon applies a read
         gc.collect()
         second = tracemalloc.take_snapshot()
         tracemalloc.stop()

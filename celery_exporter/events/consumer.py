@@ -28,8 +28,8 @@ from ..state import ClusterState
 from ..web.health import Health
 from . import redis_pubsub
 from .durable import PREFETCH, EventQueue
-from .envelope import MalformedMessage, decode_body, decode_envelope
-from .schema import Event, read_envelope
+from .envelope import MalformedMessage, decode_body
+from .ingest import apply_envelopes
 
 log = get_logger(__name__)
 
@@ -37,10 +37,6 @@ log = get_logger(__name__)
 POLL_SECONDS = 1.0
 #: How long workers may run tasks with no task event arriving before the exporter warns.
 SILENCE_WARNING_SECONDS = 60.0
-#: Messages decoded before their events are applied. A read behind a backlog holds a few
-#: hundred messages; applying their events while they are still in the CPU cache, rather than
-#: after decoding the whole read, took 8 % off the CPU per event (benchmarks/README.md).
-APPLY_EVERY = 16
 
 
 class Backoff:
@@ -230,30 +226,8 @@ class EventConsumer:
             self._ingest_envelopes(subscription.read(POLL_SECONDS))
 
     def _ingest_envelopes(self, payloads: list[bytes]) -> None:
-        """Decode and apply the messages' events, :data:`APPLY_EVERY` messages at a time.
-
-        Each message is read the fast way into typed events; one it declines takes the checked
-        way (after the events before it are applied, so the order holds).
-        """
-        state = self.state
-        for start in range(0, len(payloads), APPLY_EVERY):
-            events: list[Event] = []
-            for payload in payloads[start : start + APPLY_EVERY]:
-                typed = read_envelope(payload)
-                if typed is not None:
-                    events += typed
-                    continue
-                if events:
-                    state.apply_batch(events)
-                    events = []
-                try:
-                    parsed = decode_envelope(payload)
-                except MalformedMessage as exc:
-                    self._malformed(exc.reason, exc.detail)
-                    continue
-                state.handle_batch(parsed)
-            if events:
-                state.apply_batch(events)
+        """Decode and apply a read's messages (:func:`.ingest.apply_envelopes`)."""
+        apply_envelopes(self.state, payloads, self._malformed)
 
     def _consume_kombu(self, stop: threading.Event) -> None:
         from kombu import Consumer, Queue

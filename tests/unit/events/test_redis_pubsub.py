@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from celery_exporter.broker import Broker
-from celery_exporter.events.consumer import APPLY_EVERY, POLL_SECONDS, EventConsumer
+from celery_exporter.events.consumer import POLL_SECONDS, EventConsumer
+from celery_exporter.events.ingest import APPLY_EVERY
 from celery_exporter.events.redis_pubsub import EventSubscription, RedisTarget, StreamClosed, pack
 from celery_exporter.events.schema import Event
 from celery_exporter.state import ClusterState
