@@ -50,7 +50,7 @@ from ..counters import LabelledCounter
 from ..log import get_logger
 from ..state import ClusterState
 from .api import COMMON_HEADERS, JSON
-from .pages import HEADERS, HTML, REFRESH_SECONDS, environment
+from .pages import HEADERS, HTML, REFRESH_SECONDS, Templates
 from .server import Request, Response
 
 log = get_logger(__name__)
@@ -201,7 +201,7 @@ class TaskControl:
         self.auth_required = auth_required
         self.actions = actions or ControlActions()
         self.tokens = tokens or CsrfTokens()
-        self.env = environment()
+        self.templates = Templates()
         # One retry at a time: two clicks on Retry must not send the task twice.
         self._retrying = threading.Lock()
 
@@ -314,5 +314,5 @@ class TaskControl:
             "user": request.user,
             "error": message,
         }
-        body = self.env.get_template("control.html").render(context)
+        body = self.templates.render("control.html", context)
         return Response(status, body.encode(), HTML, HEADERS)

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
-
-from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ..state.records import FINAL_STATES, STATES
 from .api import (
@@ -37,6 +35,9 @@ from .api import (
     parse_task_query,
 )
 from .server import Request, Response
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 HTML = "text/html; charset=utf-8"
 #: Seconds between two reloads of a page with ``?refresh=1``.
@@ -91,6 +92,8 @@ def format_seconds(value: float | None) -> str:
 
 def environment() -> Environment:
     """The templates' environment: autoescaping on for every template, undefined names fail."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
     env = Environment(
         loader=PackageLoader("celery_exporter.web", "templates"),
         autoescape=True,
@@ -100,6 +103,22 @@ def environment() -> Environment:
     )
     env.filters.update(q=quote_id, time=format_time, seconds=format_seconds, num=format_number)
     return env
+
+
+class Templates:
+    """The page templates, loaded with Jinja2 when the first page is rendered, not before.
+
+    An exporter whose pages nobody opens does not hold Jinja2 (about 2 MB) in memory.
+    """
+
+    def __init__(self) -> None:
+        self._env: Environment | None = None
+
+    def render(self, name: str, context: Mapping[str, Any]) -> str:
+        """The template ``name`` rendered with ``context``."""
+        if self._env is None:
+            self._env = environment()
+        return self._env.get_template(name).render(context)
 
 
 class TaskPages:
@@ -115,7 +134,7 @@ class TaskPages:
         self.stuck_after = stuck_after
         #: The control forms' token for a user; None without ``--web.enable-control``.
         self.form_token = form_token
-        self.env = environment()
+        self.templates = Templates()
 
     def __call__(self, request: Request) -> Response | None:
         """Answer the page paths; None for other paths."""
@@ -205,5 +224,5 @@ class TaskPages:
     def _render(
         self, status: int, template: str, base: Mapping[str, Any], **context: Any
     ) -> Response:
-        body = self.env.get_template(template).render({**base, **context})
+        body = self.templates.render(template, {**base, **context})
         return Response(status, body.encode(), HTML, HEADERS)

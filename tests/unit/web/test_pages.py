@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -265,3 +267,20 @@ def test_format_helpers() -> None:
         "1.5 min",
         "2.0 h",
     ]
+
+
+def test_jinja2_is_loaded_by_the_first_page_only() -> None:
+    """The daemon starts without Jinja2 in memory; rendering a page loads it."""
+    code = (
+        "import sys, celery_exporter.daemon\n"
+        "from celery_exporter.web.pages import Templates\n"
+        "print('jinja2' in sys.modules)\n"
+        "context = {'root': '', 'page': 'tasks', 'states': (), 'show_args': False,\n"
+        "           'refresh': False, 'refresh_seconds': 5, 'now': 0.0, 'error': 'x'}\n"
+        "assert 'x' in Templates().render('error.html', context)\n"
+        "print('jinja2' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["False", "True"]
