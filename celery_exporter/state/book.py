@@ -36,12 +36,15 @@ class TaskBook:
         self.exceptions = LabelCap(settings.max_exceptions)
         self.queues = LabelCap(settings.max_queues)
         self.with_host = settings.worker_label
+        self._default_queue = settings.default_queue
         # The dicts and sets the hot path reads directly (each owner replaces none of them).
         self._inflight = tasks.tasks
         self._workers = workers.workers
         self._hosts_seen = workers.hostnames.seen
         self._names_seen = self.names.seen
+        self._queues_seen = self.queues.seen
         self._counters = series.counters
+        self._running = series.running
 
     def _worker(self, event: TaskEvent, now: float) -> tuple[str, Worker]:
         """The event's worker, capped, noted as seen now (see :meth:`WorkerTable.seen`)."""
@@ -56,25 +59,26 @@ class TaskBook:
     def _arrive(self, event: TaskEvent, now: float) -> tuple[Task, Worker]:
         """Find, or start tracking, the task a worker's received or started event is about."""
         host, worker = self._worker(event, now)
-        uuid = event.uuid
-        task = self._inflight.get(uuid)
+        task = self._inflight.get(event.uuid)
         if task is None:
-            name = self._names_seen.get(event.name) or self.names(event.name)
-            task = self._track(uuid, name, self._queue_for(event, host))
+            task = self._new_task(event, host)
         elif task.step:
             self.leave_step(task)
         task.host = host
         return task, worker
 
+    def _new_task(self, event: TaskEvent, host: str) -> Task:
+        """Track a task first seen in a worker's event, under its capped name and its queue."""
+        name = self._names_seen.get(event.name) or self.names(event.name)
+        return self._track(event.uuid, name, self._queue_for(event, host))
+
     def _queue_for(self, event: TaskEvent, host: str) -> str:
         """The queue an event names (the in-worker exporter's do), else its worker's only one."""
         queue = event.queue
-        if queue:
-            return self.queues(queue)
-        queues = self.worker_queues.of(host)
-        if queues is not None and len(queues) == 1:
-            return self.queues(queues[0])
-        return self.queues(self.settings.default_queue)
+        if not queue:
+            queues = self.worker_queues.of(host)
+            queue = queues[0] if queues is not None and len(queues) == 1 else self._default_queue
+        return self._queues_seen.get(queue) or self.queues(queue)
 
     def _key(self, task: Task, host: str) -> LabelKey:
         """The task labels: name, queue and, with worker_label, the worker."""
@@ -117,16 +121,23 @@ class TaskBook:
         host = self._worker(event, now)[0]
         task = self._inflight.pop(uuid, None)
         if task is None:
-            repeat, task = self.tasks.finished_task(uuid, event.type)
-            if repeat:
-                return None
-            if task is not None:
-                return task
-            task = Task(uuid, self.names(event.name), self._queue_for(event, host))
-        elif task.step:
+            return self._finish_untracked(event, host)
+        if task.step:
             self.leave_step(task)
         task.host = host
         self.tasks.remember(uuid, event.type, task)
+        return task
+
+    def _finish_untracked(self, event: TaskEvent, host: str) -> Task | None:
+        """A final event of a task not in flight: finished already, or never seen."""
+        repeat, task = self.tasks.finished_task(event.uuid, event.type)
+        if repeat:
+            return None
+        if task is not None:
+            return task
+        task = Task(event.uuid, self.names(event.name), self._queue_for(event, host))
+        task.host = host
+        self.tasks.remember(event.uuid, event.type, task)
         return task
 
     def _requeue(self, event: TaskEvent, now: float) -> Task:

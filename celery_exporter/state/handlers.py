@@ -13,7 +13,7 @@ from typing import Any
 from ..events.decode import TASK_EVENTS
 from ..events.schema import TaskEvent, TaskWithError, TaskWithEta
 from .book import TaskBook
-from .tasks import RECEIVED, STARTED, Task
+from .tasks import PENDING, RECEIVED, STARTED, Task
 
 #: Exception classes that mark a task killed by its time limit, and the ``kind`` they count as.
 TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
@@ -21,6 +21,13 @@ TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
 
 class TaskHandlers(TaskBook):
     """The task event handlers: what each event type counts, over :class:`TaskBook`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        counters = self.series.counters
+        self._received = counters["received"]
+        self._started = counters["started"]
+        self._succeeded = counters["succeeded"]
 
     def by_type(self) -> dict[str, Callable[[Any, float], Task | None]]:
         """The handler of each task event type: the method named after it (``task-sent``: sent)."""
@@ -59,27 +66,71 @@ class TaskHandlers(TaskBook):
             task.key = running_key
         return task
 
+    # received, started and succeeded are nearly every event: they find the worker and the
+    # task, and count, inline; the rarer cases (a new worker, a task moving between workers, a
+    # final event of a task not in flight) go through TaskBook.
+
     def received(self, event: TaskWithEta, now: float) -> Task:
         """A worker took the task off its queue."""
-        task, worker = self._arrive(event, now)
+        host = self._hosts_seen.get(event.hostname, "")
+        worker = self._workers.get(host)
+        if worker is None or not worker.online:
+            host, worker = self._worker(event, now)
+        else:
+            worker.last_seen = now
+            worker.offline_since = None
+        task = self._inflight.get(event.uuid)
+        if task is None:
+            task = self._new_task(event, host)
+        elif task.step:
+            self.leave_step(task)
+        task.host = host
         task.step = RECEIVED
         task.received = event.timestamp or now
         if event.eta is not None:
             task.eta = event.eta
         worker.reserved += 1
-        self._count("received", task, task.host)
+        key = task.key = (
+            (task.name, task.queue, host) if self.with_host else (task.name, task.queue)
+        )
+        counts = self._received
+        counts[key] = counts.get(key, 0) + 1
         return task
 
     def started(self, event: TaskWithEta, now: float) -> Task:
         """A worker started running the task."""
-        task, worker = self._arrive(event, now)
+        host = self._hosts_seen.get(event.hostname, "")
+        worker = self._workers.get(host)
+        if worker is None or not worker.online:
+            host, worker = self._worker(event, now)
+        else:
+            worker.last_seen = now
+            worker.offline_since = None
+        uuid = event.uuid
+        task = self._inflight.get(uuid)
+        if task is None:
+            task = self._new_task(event, host)
+        elif task.step == RECEIVED and task.host is host:
+            # leave_step, for the usual case: received and started by the same worker.
+            if worker.reserved > 0:
+                worker.reserved -= 1
+        elif task.step:
+            self.leave_step(task)
+        task.host = host
         started = event.timestamp or now
         task.step = STARTED
         task.started = started
         worker.busy += 1
-        key = self._count("started", task, task.host)
+        key = task.key = (
+            (task.name, task.queue, host) if self.with_host else (task.name, task.queue)
+        )
+        counts = self._started
+        counts[key] = counts.get(key, 0) + 1
+        running = self._running.get(key)
+        if running is None:
+            running = self._running[key] = {}
+        running[uuid] = started
         series = self.series
-        series.start(key, task.uuid, started)
         ready = task.eta
         if task.sent is not None:
             wait = started - (task.sent if ready is None or ready < task.sent else ready)
@@ -91,10 +142,38 @@ class TaskHandlers(TaskBook):
 
     def succeeded(self, event: TaskEvent, now: float) -> Task | None:
         """The task returned."""
-        task = self._finish(event, now)
+        host = self._hosts_seen.get(event.hostname, "")
+        worker = self._workers.get(host)
+        if worker is None or not worker.online:
+            host, worker = self._worker(event, now)
+        else:
+            worker.last_seen = now
+            worker.offline_since = None
+        uuid = event.uuid
+        task = self._inflight.pop(uuid, None)
         if task is None:
-            return None
-        key = self._count("succeeded", task, task.host)
+            found = self._finish_untracked(event, host)
+            if found is None:
+                return None
+            task = found
+        else:
+            if task.step == STARTED and task.host is host:
+                # leave_step, for the usual case: started and finished on the same worker.
+                if worker.busy > 0:
+                    worker.busy -= 1
+                running = self._running.get(task.key)
+                if running is not None:
+                    running.pop(uuid, None)
+                task.step = PENDING
+            elif task.step:
+                self.leave_step(task)
+            task.host = host
+            self.tasks.remember(uuid, "task-succeeded", task)
+        key = task.key = (
+            (task.name, task.queue, task.host) if self.with_host else (task.name, task.queue)
+        )
+        counts = self._succeeded
+        counts[key] = counts.get(key, 0) + 1
         runtime = event.runtime
         if runtime is None and task.started is not None:
             runtime = _duration((event.timestamp or now) - task.started)

@@ -777,7 +777,7 @@ def test_a_handler_that_raises_is_an_internal_error(monkeypatch: pytest.MonkeyPa
     def broken(*args: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(TaskHandlers, "_arrive", broken)
+    monkeypatch.setattr(TaskHandlers, "_new_task", broken)
     state, _ = make()
     with captured_logs() as logs:
         state.handle_batch([received("u1"), heartbeat(W2), sent("u2")])
