@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from .fields import MAX_VALUE_LENGTH, clean
+from .fields import MAX_VALUE_LENGTH, clean, eta_datetime
 from .schema import (
     CLASSES,
     MAX_COUNT,
@@ -121,7 +121,7 @@ def _task(cls: type[TaskEvent], event: Raw) -> Decoded:
     }
     # The ETA's time and the exception's class are worked out by the class itself.
     if issubclass(cls, TaskWithEta):
-        fields["eta_text"] = _text(get("eta"))
+        fields["eta"] = eta_datetime(get("eta"))
         if cls is TaskSent:
             fields["routing_key"] = _label_or_none(routing_key)
     elif issubclass(cls, TaskWithError):

@@ -6,6 +6,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
+
 #: The value of a label the event did not carry.
 UNKNOWN = "unknown"
 #: Longest label value kept; longer values are cut to this many characters.
@@ -52,14 +54,26 @@ def _class_from_traceback(traceback: str) -> str:
     return _last_part(match.group(1)) if match else ""
 
 
-def eta_time(value: Any) -> float | None:
-    """An ISO 8601 time (naive means UTC) as a Unix time, else None."""
+def eta_datetime(value: Any) -> datetime | None:
+    """An ETA as Celery writes it (ISO 8601; naive means UTC) as a datetime, else None.
+
+    RFC 3339 is read as msgspec reads it (the fast way of :mod:`.schema`), so both ways give
+    the same time; the rest of ISO 8601 as :meth:`datetime.fromisoformat` reads it.
+    """
     if not value or type(value) is not str:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        pass
+    try:
+        return datetime.fromisoformat(value)
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+
+
+def unix_time(value: datetime) -> float:
+    """A datetime as a Unix time; naive means UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()

@@ -11,19 +11,20 @@ long label, an unknown event type, another envelope shape) makes it decline, and
 takes the checked way, which corrects or rejects each field and counts what it rejects. So
 both give the same events, and the tests hold them to it.
 
-Two fields are computed after decoding (:meth:`TaskEvent.__post_init__` of the classes that
-need them): ``eta``, a Unix time from the ISO 8601 text the event carries, and ``exception``,
-the exception's class name from its repr (``exception_repr``) or traceback.
+One field is computed after decoding, by ``__post_init__``: a failure's ``exception``, the
+exception's class name from its repr (``exception_repr``) or traceback. An ETA is read as a
+datetime (RFC 3339, as Celery writes it); the handlers make it a Unix time when there is one.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Final, cast
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Final, Literal, cast
 
 import msgspec
 from msgspec import Meta, Struct
 
-from .fields import MAX_VALUE_LENGTH, UNKNOWN, clean, eta_time, exception_name
+from .fields import MAX_VALUE_LENGTH, UNKNOWN, clean, exception_name
 
 #: Longest task id accepted; a task event with a longer or missing one is invalid.
 MAX_UUID_LENGTH = 200
@@ -52,8 +53,7 @@ Freq = Annotated[float, Meta(gt=0, lt=MAX_FREQ)]
 
 # The fields computed after decoding are renamed to keys no event is expected to carry; one that
 # does has them overwritten.
-_RENAMED = {"eta_text": "eta", "eta": "~eta", "exception_repr": "exception",
-            "exception": "~exception"}  # fmt: skip
+_RENAMED = {"exception_repr": "exception", "exception": "~exception"}
 
 
 class TaskEvent(Struct, tag_field="type", gc=False, rename=_RENAMED):
@@ -89,14 +89,8 @@ class TaskEvent(Struct, tag_field="type", gc=False, rename=_RENAMED):
 class TaskWithEta(TaskEvent):
     """task-sent, task-received, task-started: they may carry an ETA."""
 
-    #: The ETA as sent (ISO 8601).
-    eta_text: str | None = None
-    #: When the task may run, as a Unix time, if the event gives a valid ETA.
-    eta: float | None = None
-
-    def __post_init__(self) -> None:
-        text = self.eta_text
-        self.eta = eta_time(text) if text is not None else None
+    #: When the task may run, if the event gives a valid ETA (naive means UTC).
+    eta: datetime | None = None
 
 
 class TaskWithError(TaskEvent):
@@ -118,7 +112,6 @@ class TaskSent(TaskWithEta, tag="task-sent"):
     routing_key: Label | None = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.queue is None:
             self.queue = self.routing_key
 
@@ -217,17 +210,17 @@ def _label(value: str) -> str:
 
 
 class _Properties(Struct):
-    body_encoding: str | None = None
+    body_encoding: Literal["base64"]
 
 
 class _Envelope(Struct, rename={"content_type": "content-type",
                                 "content_encoding": "content-encoding"}):  # fmt: skip
-    """The fields of a kombu Redis envelope that say how to read its body."""
+    """A kombu Redis envelope as Celery sends it: a base64 JSON body in UTF-8."""
 
     body: bytes
     properties: _Properties
-    content_type: str | None = None
-    content_encoding: str | None = None
+    content_type: Literal["application/json"]
+    content_encoding: Literal["utf-8"]
 
 
 _AnyEvent = (
@@ -242,14 +235,7 @@ _BODY: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[_AnyEvent] | _AnyEv
 def read_envelope(data: bytes) -> list[Event] | None:
     """The events of a Redis envelope as Celery sends it, or None to take the checked way."""
     try:
-        envelope = _ENVELOPE.decode(data)
-        if (
-            envelope.properties.body_encoding != "base64"
-            or envelope.content_type != "application/json"
-            or envelope.content_encoding != "utf-8"
-        ):
-            return None
-        body = _BODY.decode(envelope.body)
+        body = _BODY.decode(_ENVELOPE.decode(data).body)
     except msgspec.MsgspecError:
         return None
     return body if type(body) is list else [body]

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..events.decode import TASK_EVENTS
+from ..events.fields import unix_time
 from ..events.schema import TaskEvent, TaskWithError, TaskWithEta
 from .book import TaskBook
 from .tasks import PENDING, RECEIVED, STARTED, Task
@@ -40,12 +41,13 @@ class TaskHandlers(TaskBook):
         task = self.tasks.get(event.uuid)
         sent = event.timestamp or now
         queue = event.queue
+        eta = unix_time(event.eta) if event.eta is not None else None
         if task is None:
             done = self.tasks.was_finished(event.uuid)
             if done is not None:
                 # Producers publish task-sent after the task itself: a short task can finish
                 # first. Count it under the labels the task ran with, and do not track it again.
-                self._late_sent(done, sent, event.eta, queue)
+                self._late_sent(done, sent, eta, queue)
                 return done
             task = self._track(
                 event.uuid,
@@ -53,12 +55,12 @@ class TaskHandlers(TaskBook):
                 self.queues(queue or self.settings.default_queue),
             )
         elif task.step == STARTED and task.started is not None and sent <= task.started:
-            self._late_sent(task, sent, event.eta, queue)
+            self._late_sent(task, sent, eta, queue)
             return task
         elif queue:
             task.queue = self.queues(queue)
         task.sent = sent
-        task.eta = event.eta
+        task.eta = eta
         running_key = task.key
         self._count("sent", task, "")
         if task.step == STARTED:
@@ -88,7 +90,7 @@ class TaskHandlers(TaskBook):
         task.step = RECEIVED
         task.received = event.timestamp or now
         if event.eta is not None:
-            task.eta = event.eta
+            task.eta = unix_time(event.eta)
         worker.reserved += 1
         key = task.key = (
             (task.name, task.queue, host) if self.with_host else (task.name, task.queue)

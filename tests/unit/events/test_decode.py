@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 
 from celery_exporter.events.decode import DECODERS, INVALID, decode
+from celery_exporter.events.fields import unix_time
 from celery_exporter.events.schema import (
     MAX_UUID_LENGTH,
     TaskEvent,
     TaskStarted,
+    TaskWithEta,
     WorkerEvent,
     WorkerHeartbeat,
 )
@@ -78,7 +80,10 @@ def test_task_event_fields_as_celery_sends_them() -> None:
     assert (event.type, event.uuid, event.name, event.hostname) == (
         "task-received", "u1", "app.add", "celery@w1"
     )  # fmt: skip
-    assert (event.timestamp, event.eta, event.queue) == (T0, 1_700_000_010.0, "mail")
+    assert (event.timestamp, event.queue) == (T0, "mail")
+    assert isinstance(event, TaskWithEta)
+    assert event.eta is not None
+    assert unix_time(event.eta) == 1_700_000_010.0
 
 
 def test_wrong_typed_labels_become_strings() -> None:
@@ -118,7 +123,9 @@ def test_runtime_in_range_or_none(value: Any, expected: float | None) -> None:
 )
 def test_eta_is_iso_time_naive_meaning_utc(value: Any, expected: float | None) -> None:
     """An ETA is an ISO 8601 time (naive means UTC); anything else is no ETA."""
-    assert task("task-sent", eta=value).eta == expected
+    event = task("task-sent", eta=value)
+    assert isinstance(event, TaskWithEta)
+    assert (unix_time(event.eta) if event.eta is not None else None) == expected
 
 
 def test_sent_queue_comes_from_queue_then_routing_key() -> None:
