@@ -81,8 +81,9 @@ class ClusterState:
         self.workers = WorkerTable(s.max_workers, s.worker_timeout, s.worker_purge_after)
         self.series = TaskSeries(s.runtime_buckets, s.wait_buckets)
         self.handlers = TaskHandlers(
-            s, self.tasks, self.workers, self.series, worker_queues or WorkerQueues()
-        )
+            s, self.tasks, self.workers, self.series, worker_queues or WorkerQueues(),
+            self._internal_error,
+        )  # fmt: skip
         self.events: dict[str, int] = {}
         self.malformed: dict[str, int] = {}
         self.last_event: float | None = None

@@ -14,7 +14,13 @@ from ..events.decode import TASK_EVENTS
 from ..events.fields import unix_time
 from ..events.schema import TaskEvent, TaskWithError, TaskWithEta
 from .book import TaskBook
-from .tasks import PENDING, RECEIVED, STARTED, Task
+from .labels import OVERFLOW
+from .records import MAX_TEXT_LENGTH, call_detail, detail_for_update, run_time
+from .series import TaskSeries
+from .settings import Settings
+from .tasks import PENDING, RECEIVED, STARTED, Task, TaskTable
+from .worker_queues import WorkerQueues
+from .workers import WorkerTable
 
 #: Exception classes that mark a task killed by its time limit, and the ``kind`` they count as.
 TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
@@ -23,8 +29,21 @@ TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
 class TaskHandlers(TaskBook):
     """The task event handlers: what each event type counts, over :class:`TaskBook`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        settings: Settings,
+        tasks: TaskTable,
+        workers: WorkerTable,
+        series: TaskSeries,
+        worker_queues: WorkerQueues,
+        on_error: Callable[[str, str], None] | None = None,
+    ) -> None:
+        super().__init__(settings, tasks, workers, series, worker_queues)
+        #: Whether the task view is on, and its arguments shown.
+        self.view = settings.web_task_api
+        self.view_args = settings.web_show_task_args
+        #: Told (event type, "task_view") when the view's part of an event raises.
+        self.on_error = on_error or _ignore
         counters = self.series.counters
         self._received = counters["received"]
         self._started = counters["started"]
@@ -97,6 +116,25 @@ class TaskHandlers(TaskBook):
         )
         counts = self._received
         counts[key] = counts.get(key, 0) + 1
+        if self.view:
+            try:
+                task.history = task.history + ("task-received", task.received, host)  # noqa: RUF005
+                if task.finished is None:
+                    task.state = "received"
+                # records.lineage, inline.
+                retries = event.retries
+                if retries is not None and retries > task.retries:
+                    task.retries = retries
+                root = event.root_id
+                if root is not None:
+                    uuid = task.uuid
+                    task.root_id = uuid if root == uuid else root[:MAX_TEXT_LENGTH]
+                if event.parent_id is not None or self.view_args or task.name is OVERFLOW:
+                    call_detail(task, event, self.view_args)
+                if host is OVERFLOW:
+                    detail_for_update(task).worker = event.hostname
+            except Exception:
+                self.on_error("task-received", "task_view")
         return task
 
     def started(self, event: TaskWithEta, now: float) -> Task:
@@ -140,6 +178,13 @@ class TaskHandlers(TaskBook):
         if task.received is not None:
             wait = started - (task.received if ready is None or ready < task.received else ready)
             series.observe_prefetch_wait(key, wait if wait > 0.0 else 0.0)
+        if self.view:
+            try:
+                task.history = task.history + ("task-started", started, host)  # noqa: RUF005
+                if task.finished is None:
+                    task.state = "started"
+            except Exception:
+                self.on_error("task-started", "task_view")
         return task
 
     def succeeded(self, event: TaskEvent, now: float) -> Task | None:
@@ -176,11 +221,21 @@ class TaskHandlers(TaskBook):
         )
         counts = self._succeeded
         counts[key] = counts.get(key, 0) + 1
+        when = event.timestamp or now
         runtime = event.runtime
         if runtime is None and task.started is not None:
-            runtime = _duration((event.timestamp or now) - task.started)
+            runtime = _duration(when - task.started)
         if runtime is not None:
             self.series.observe_runtime((*key, "succeeded"), runtime)
+        if self.view:
+            try:
+                task.history = task.history + ("task-succeeded", when, task.host)  # noqa: RUF005
+                if task.finished is None:
+                    task.state = "succeeded"
+                    task.finished = when
+                    task.runtime = event.runtime if event.runtime is not None else run_time(task)
+            except Exception:
+                self.on_error("task-succeeded", "task_view")
         return task
 
     def failed(self, event: TaskWithError, now: float) -> Task | None:
@@ -247,6 +302,10 @@ class TaskHandlers(TaskBook):
             ready = sent if eta is None or eta < sent else eta
             wait = max(task.started - ready, 0.0)
             self.series.observe_queue_wait(self._key(task, task.host), wait)
+
+
+def _ignore(etype: str, where: str) -> None:
+    """The default of ``on_error``: nothing."""
 
 
 def _duration(value: float) -> float | None:

@@ -7,7 +7,10 @@ flight up to ``--max-tracked-tasks`` (the oldest dropped first), then among the 
 latest state, when it finished, its runtime and retries, its history, and, in a
 :class:`TaskDetail` made only for the tasks that need one, its error, progress, arguments
 (``--web.show-task-args``), parent and a name or worker that a label cap replaced. One object
-per task serves both, so the view costs little memory or time per event.
+per task serves both, so the view costs little memory or time per event. For the three
+commonest events (received, started, succeeded) the series' handlers do the view's part
+inline (:mod:`.handlers`), with :func:`call_detail` here; the others go through
+:meth:`TaskRecords.handlers`.
 
 Long texts are capped: tracebacks at :data:`MAX_TRACEBACK_BYTES` (the frames that failures
 share are kept once), exception reprs, progress messages and argument reprs at
@@ -49,7 +52,7 @@ MAX_SHARED_TRACEBACKS = 1000
 Event = tuple[str, float, "str | None"]
 Handler = Callable[[Any, float], "Task | None"]
 Update = Callable[[Any, float, Task], None]
-#: The types whose handler here does the series' part and the view's in one method.
+#: The types whose series handler does the view's part inline.
 _INLINE = frozenset({"task-received", "task-started", "task-succeeded"})
 _HISTORY_ITEMS = 3 * MAX_HISTORY
 
@@ -124,27 +127,17 @@ class TaskRecords:
         self.with_args = with_args
         self.failures = FailureLog()
         self._tracebacks: dict[str, str] = {}
-        # The series' handlers of the three commonest events, which the view's call directly.
-        self._received = series["task-received"]
-        self._started = series["task-started"]
-        self._succeeded = series["task-succeeded"]
 
     def handlers(self) -> dict[str, Handler]:
-        """Each task event type's handler: the series' one, then the view's update.
+        """Each rarer task event type's handler: the series' one, then the view's update.
 
-        The three commonest types have a method each that does both (one call less per event);
-        the others pair the series' handler with the update method named after the type.
+        The three commonest types (received, started, succeeded) are not here: their series
+        handlers do the view's part inline (:mod:`.handlers`).
         """
-        handlers = {
+        return {
             etype: self._then(etype, getattr(self, etype.removeprefix("task-")))
             for etype in (*TASK_EVENTS, "task-progress")
             if etype not in _INLINE
-        }
-        return {
-            **handlers,
-            "task-received": self.on_received,
-            "task-started": self.on_started,
-            "task-succeeded": self.on_succeeded,
         }
 
     def _then(self, etype: str, update: Update) -> Handler:
@@ -177,23 +170,9 @@ class TaskRecords:
         task.history = history + (etype, when, worker)  # noqa: RUF005
 
     def _call(self, task: Task, event: TaskEvent) -> None:
-        """What task-sent and task-received tell about the call: retries, ids, arguments."""
-        retries = event.retries
-        if retries is not None and retries > task.retries:
-            task.retries = retries
-        root = event.root_id
-        if root is not None:
-            uuid = task.uuid
-            task.root_id = uuid if root == uuid else root[:MAX_TEXT_LENGTH]
-        parent = event.parent_id
-        if parent is not None:
-            detail_for_update(task).parent_id = parent[:MAX_TEXT_LENGTH]
-        if task.name is OVERFLOW and event.name != UNKNOWN:
-            detail_for_update(task).title = event.name
-        if self.with_args:
-            found = detail_for_update(task)
-            found.args = _text(event.args)
-            found.kwargs = _text(event.kwargs)
+        """What task-sent tells about the call: retries, ids, arguments."""
+        lineage(task, event)
+        call_detail(task, event, self.with_args)
 
     def _error(self, task: Task, event: TaskWithError) -> None:
         found = detail_for_update(task)
@@ -227,53 +206,6 @@ class TaskRecords:
         self._note(task, "task-sent", event.timestamp or now, "")
         self._call(task, event)
 
-    def on_received(self, event: TaskWithEta, now: float) -> Task | None:
-        """task-received: a worker took the task off its queue."""
-        task = self._received(event, now)
-        if task is None:
-            return None
-        try:
-            # The series' handler set the time: the event's, or its arrival.
-            task.history = task.history + ("task-received", task.received, task.host)  # noqa: RUF005
-            if task.finished is None:
-                task.state = "received"
-            if task.host is OVERFLOW:
-                detail_for_update(task).worker = event.hostname
-            self._call(task, event)
-        except Exception:
-            self.on_error("task-received", "task_view")
-        return task
-
-    def on_started(self, event: TaskWithEta, now: float) -> Task | None:
-        """task-started: a worker started running the task."""
-        task = self._started(event, now)
-        if task is None:
-            return None
-        try:
-            task.history = task.history + ("task-started", task.started, task.host)  # noqa: RUF005
-            if task.finished is None:
-                task.state = "started"
-        except Exception:
-            self.on_error("task-started", "task_view")
-        return task
-
-    def on_succeeded(self, event: TaskEvent, now: float) -> Task | None:
-        """task-succeeded: the task returned."""
-        task = self._succeeded(event, now)
-        if task is None:
-            return None
-        try:
-            when = event.timestamp or now
-            task.history = task.history + ("task-succeeded", when, task.host)  # noqa: RUF005
-            if task.finished is None:
-                task.state = "succeeded"
-                task.finished = when
-                runtime = event.runtime
-                task.runtime = runtime if runtime is not None else _runtime(task)
-        except Exception:
-            self.on_error("task-succeeded", "task_view")
-        return task
-
     def failed(self, event: TaskWithError, now: float, task: Task) -> None:
         """The task raised."""
         when = event.timestamp or now
@@ -282,7 +214,7 @@ class TaskRecords:
             return
         task.state = "failed"
         task.finished = when
-        task.runtime = _runtime(task)
+        task.runtime = run_time(task)
         self._error(task, event)
         found = detail(task)
         self.failures.add(
@@ -337,7 +269,32 @@ class TaskRecords:
             task.finished = when
 
 
-def _runtime(task: Task) -> float | None:
+def lineage(task: Task, event: TaskEvent) -> None:
+    """What task-sent and task-received tell of the task's retries and root."""
+    retries = event.retries
+    if retries is not None and retries > task.retries:
+        task.retries = retries
+    root = event.root_id
+    if root is not None:
+        uuid = task.uuid
+        task.root_id = uuid if root == uuid else root[:MAX_TEXT_LENGTH]
+
+
+def call_detail(task: Task, event: TaskEvent, with_args: bool) -> None:
+    """What only some calls have: a parent, a name a label cap replaced, the arguments."""
+    parent = event.parent_id
+    if parent is not None:
+        detail_for_update(task).parent_id = parent[:MAX_TEXT_LENGTH]
+    if task.name is OVERFLOW and event.name != UNKNOWN:
+        detail_for_update(task).title = event.name
+    if with_args:
+        found = detail_for_update(task)
+        found.args = _text(event.args)
+        found.kwargs = _text(event.kwargs)
+
+
+def run_time(task: Task) -> float | None:
+    """How long the task ran: from its start to its finish, if both are known and in order."""
     started, finished = task.started, task.finished
     if started is None or finished is None or finished < started:
         return None

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from celery_exporter.state import ClusterState, Settings, WorkerQueues
+from celery_exporter.state import ClusterState, Settings, WorkerQueues, handlers
 from celery_exporter.state.queries import TaskQuery, exception_message
 from celery_exporter.state.records import MAX_HISTORY, MAX_TEXT_LENGTH, MAX_TRACEBACK_BYTES
 from tests.support.clock import ManualClock
@@ -295,12 +295,14 @@ def test_a_bug_in_the_view_is_an_internal_error(monkeypatch: pytest.MonkeyPatch)
     state, _ = make()
     assert state.records is not None
 
-    def boom(task: Any, event: Any) -> None:
+    def boom(*args: Any) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(state.records, "_call", boom)  # task-received's inline update
+    # task-received's part, inline in its series handler, for a call with a parent.
+    monkeypatch.setattr(handlers, "call_detail", boom)
     monkeypatch.setattr(state.records, "_error", boom)  # task-failed's, through its update
-    state.handle_batch([received("t1"), received("t2"), failed("t2", "KeyError('k')")])
+    child = [{**received(uuid), "parent_id": "p1"} for uuid in ("t1", "t2")]
+    state.handle_batch([*child, failed("t2", "KeyError('k')")])
     assert state.errors.counts() == {"task_view": 3}
     snap = state.snapshot()
     assert snap.counters["received"] == {("app.add", "celery"): 2}
