@@ -39,6 +39,7 @@ class TaskBook:
         self._default_queue = settings.default_queue
         # The dicts and sets the hot path reads directly (each owner replaces none of them).
         self._inflight = tasks.tasks
+        self._limit = tasks.limit
         self._workers = workers.workers
         self._hosts_seen = workers.hostnames.seen
         self._names_seen = self.names.seen
@@ -70,7 +71,10 @@ class TaskBook:
     def _new_task(self, event: TaskEvent, host: str) -> Task:
         """Track a task first seen in a worker's event, under its capped name and its queue."""
         name = self._names_seen.get(event.name) or self.names(event.name)
-        return self._track(event.uuid, name, self._queue_for(event, host))
+        task = self.tasks.track(event.uuid, name, self._queue_for(event, host))
+        if len(self._inflight) > self._limit:
+            self.leave_step(self.tasks.evict())
+        return task
 
     def _queue_for(self, event: TaskEvent, host: str) -> str:
         """The queue an event names (the in-worker exporter's do), else its worker's only one."""
@@ -96,9 +100,9 @@ class TaskBook:
         return key
 
     def _track(self, uuid: str, name: str, queue: str) -> Task:
-        task, evicted = self.tasks.track(uuid, name, queue)
-        if evicted is not None:
-            self.leave_step(evicted)
+        task = self.tasks.track(uuid, name, queue)
+        if len(self._inflight) > self._limit:
+            self.leave_step(self.tasks.evict())
         return task
 
     def leave_step(self, task: Task) -> None:

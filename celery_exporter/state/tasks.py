@@ -21,8 +21,8 @@ class Task:
     """
 
     __slots__ = (
-        "detail", "eta", "finished", "history", "host", "key", "name", "queue", "received",
-        "retries", "root_id", "runtime", "sent", "started", "state", "step", "uuid",
+        "detail", "eta", "finals", "finished", "history", "host", "key", "name", "queue",
+        "received", "retries", "root_id", "runtime", "sent", "started", "state", "step", "uuid",
     )  # fmt: skip
 
     def __init__(self, uuid: str, name: str, queue: str) -> None:
@@ -37,6 +37,8 @@ class Task:
         self.received: float | None = None
         self.started: float | None = None
         self.eta: float | None = None
+        #: Once finished: the final event types it has had (FINAL_BITS), to spot repeats.
+        self.finals = 0
         #: The task view's: its latest state, when it finished, how long it ran, its retries.
         self.state = "sent"
         self.finished: float | None = None
@@ -55,9 +57,9 @@ class TaskTable:
     def __init__(self, limit: int, finished_limit: int) -> None:
         self.limit = limit
         self.tasks: dict[str, Task] = {}
-        #: Recently finished tasks and the final event types seen for each (FINAL_BITS), to spot
-        #: repeats.
-        self.finished: dict[str, tuple[int, Task]] = {}
+        #: Recently finished tasks (each with the final event types it has had, to spot
+        #: repeats).
+        self.finished: dict[str, Task] = {}
         self._ring: list[str | None] = [None] * finished_limit
         self._pos = 0
         self.evicted = 0
@@ -70,33 +72,32 @@ class TaskTable:
         """The in-flight task with this id."""
         return self.tasks.get(uuid)
 
-    def track(self, uuid: str, name: str, queue: str) -> tuple[Task, Task | None]:
-        """Start tracking a task; return it and the oldest task evicted to make room, if any."""
-        task = Task(uuid, name, queue)
+    def track(self, uuid: str, name: str, queue: str) -> Task:
+        """Start tracking a task (then :meth:`evict` when there are more than ``limit``)."""
+        task = self.tasks[uuid] = Task(uuid, name, queue)
+        return task
+
+    def evict(self) -> Task:
+        """Stop tracking the oldest task in flight, to make room; return it."""
+        self.evicted += 1
         tasks = self.tasks
-        tasks[uuid] = task
-        if len(tasks) > self.limit:
-            self.evicted += 1
-            return task, tasks.pop(next(iter(tasks)))
-        return task, None
+        return tasks.pop(next(iter(tasks)))
 
     def finished_task(self, uuid: str, etype: str) -> tuple[bool, Task | None]:
         """Look a final event up among finished tasks: (repeat of one counted, the task)."""
-        done = self.finished.get(uuid)
-        if done is None:
+        task = self.finished.get(uuid)
+        if task is None:
             return False, None
-        seen, task = done
         bit = FINAL_BITS[etype]
-        if seen & bit:
+        if task.finals & bit:
             self.duplicates += 1
             return True, None
-        self.finished[uuid] = (seen | bit, task)
+        task.finals |= bit
         return False, task
 
     def was_finished(self, uuid: str) -> Task | None:
         """The finished task with this id, if it is still remembered."""
-        done = self.finished.get(uuid)
-        return done[1] if done is not None else None
+        return self.finished.get(uuid)
 
     def remember(self, uuid: str, etype: str, task: Task) -> None:
         """Keep the last ``finished_limit`` finished tasks, the oldest making way first."""
@@ -106,19 +107,17 @@ class TaskTable:
             self.finished.pop(oldest, None)
         ring[pos] = uuid
         self._pos = (pos + 1) % len(ring)
-        self.finished[uuid] = (FINAL_BITS[etype], task)
+        task.finals = FINAL_BITS[etype]
+        self.finished[uuid] = task
 
     def find(self, uuid: str) -> Task | None:
         """The task with this id, in flight or recently finished."""
         task = self.tasks.get(uuid)
-        if task is not None:
-            return task
-        done = self.finished.get(uuid)
-        return done[1] if done is not None else None
+        return task if task is not None else self.finished.get(uuid)
 
     def all(self) -> list[Task]:
         """Every task in flight and recently finished (a new list of the same objects)."""
-        return [*self.tasks.values(), *(task for _, task in self.finished.values())]
+        return [*self.tasks.values(), *self.finished.values()]
 
     def sent_timestamp(self, uuid: str) -> float | None:
         """When the task-sent of a task still waiting or running was sent, if it was seen."""
