@@ -331,7 +331,7 @@ def _per_record(state: Any) -> None:
     """sys.getsizeof of a typical in-flight and finished task and what it alone points to."""
     tables = (
         ("in flight", list(state.tasks.tasks.values())),
-        ("failed", [task for _, task in state.tasks.finished.values()]),
+        ("failed", list(state.tasks.finished.values())),
     )
     for label, tasks in tables:
         if not tasks:
