@@ -16,7 +16,7 @@ from ..events.schema import TaskEvent, TaskWithError, TaskWithEta
 from .book import TaskBook
 from .labels import OVERFLOW
 from .records import MAX_TEXT_LENGTH, call_detail, detail_for_update, run_time
-from .series import TaskSeries
+from .series import TaskSeries, observe
 from .settings import Settings
 from .tasks import PENDING, RECEIVED, STARTED, Task, TaskTable
 from .worker_queues import WorkerQueues
@@ -44,10 +44,13 @@ class TaskHandlers(TaskBook):
         self.view_args = settings.web_show_task_args
         #: Told (event type, "task_view") when the view's part of an event raises.
         self.on_error = on_error or _ignore
-        counters = self.series.counters
+        counters = series.counters
         self._received = counters["received"]
         self._started = counters["started"]
         self._succeeded = counters["succeeded"]
+        self._runtime, self._runtime_buckets = series.runtime, series.runtime_buckets
+        self._queue_wait, self._wait_buckets = series.queue_wait, series.wait_buckets
+        self._prefetch_wait = series.prefetch_wait
 
     def by_type(self) -> dict[str, Callable[[Any, float], Task | None]]:
         """The handler of each task event type: the method named after it (``task-sent``: sent)."""
@@ -170,14 +173,13 @@ class TaskHandlers(TaskBook):
         if running is None:
             running = self._running[key] = {}
         running[uuid] = started
-        series = self.series
         ready = task.eta
         if task.sent is not None:
             wait = started - (task.sent if ready is None or ready < task.sent else ready)
-            series.observe_queue_wait(key, wait if wait > 0.0 else 0.0)
+            observe(self._queue_wait, key, wait if wait > 0.0 else 0.0, self._wait_buckets)
         if task.received is not None:
             wait = started - (task.received if ready is None or ready < task.received else ready)
-            series.observe_prefetch_wait(key, wait if wait > 0.0 else 0.0)
+            observe(self._prefetch_wait, key, wait if wait > 0.0 else 0.0, self._wait_buckets)
         if self.view:
             try:
                 task.history = task.history + ("task-started", started, host)  # noqa: RUF005
@@ -226,7 +228,7 @@ class TaskHandlers(TaskBook):
         if runtime is None and task.started is not None:
             runtime = _duration(when - task.started)
         if runtime is not None:
-            self.series.observe_runtime((*key, "succeeded"), runtime)
+            observe(self._runtime, key + ("succeeded",), runtime, self._runtime_buckets)  # noqa: RUF005
         if self.view:
             try:
                 task.history = task.history + ("task-succeeded", when, task.host)  # noqa: RUF005

@@ -100,15 +100,15 @@ class TaskSeries:
 
     def observe_runtime(self, key: LabelKey, value: float) -> None:
         """Observe a runtime at ``key`` (labels and final state)."""
-        _observe(self.runtime, key, value, self.runtime_buckets)
+        observe(self.runtime, key, value, self.runtime_buckets)
 
     def observe_queue_wait(self, key: LabelKey, value: float) -> None:
         """Observe a wait from task-sent (or the ETA) to the start."""
-        _observe(self.queue_wait, key, value, self.wait_buckets)
+        observe(self.queue_wait, key, value, self.wait_buckets)
 
     def observe_prefetch_wait(self, key: LabelKey, value: float) -> None:
         """Observe a wait from task-received (or the ETA) to the start."""
-        _observe(self.prefetch_wait, key, value, self.wait_buckets)
+        observe(self.prefetch_wait, key, value, self.wait_buckets)
 
     def start(self, key: LabelKey, uuid: str, started: float) -> None:
         """Note a running task for ``celery_tasks_active``."""
@@ -138,9 +138,10 @@ class TaskSeries:
         return {key[1] for key in self.counters["sent"]}
 
 
-def _observe(
+def observe(
     hists: dict[LabelKey, Histogram], key: LabelKey, value: float, bounds: tuple[float, ...]
 ) -> None:
+    """Observe ``value`` in the histogram at ``key`` of ``hists``, made with ``bounds`` if new."""
     hist = hists.get(key)
     if hist is None:
         hist = hists[key] = Histogram(bounds)
