@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from ..state import ClusterState
 from .envelope import MalformedMessage, decode_envelope
-from .schema import Event, read_envelope
+from .schema import Event, read_envelopes
 
 #: Messages decoded before their events are applied. A read behind a backlog holds a few
 #: hundred messages; applying their events while they are still in the CPU cache, rather than
@@ -25,20 +25,21 @@ def apply_envelopes(
     way, after the events before it are applied, so the order holds.
     """
     for start in range(0, len(payloads), APPLY_EVERY):
+        chunk = payloads[start : start + APPLY_EVERY]
         events: list[Event] = []
-        for payload in payloads[start : start + APPLY_EVERY]:
-            typed = read_envelope(payload)
-            if typed is not None:
-                events += typed
-                continue
+        while chunk:
+            read = read_envelopes(chunk, events)
+            if read == len(chunk):
+                break
             if events:
                 state.apply_batch(events)
                 events = []
             try:
-                parsed = decode_envelope(payload)
+                parsed = decode_envelope(chunk[read])
             except MalformedMessage as exc:
                 malformed(exc.reason, exc.detail)
-                continue
-            state.handle_batch(parsed)
+            else:
+                state.handle_batch(parsed)
+            chunk = chunk[read + 1 :]
         if events:
             state.apply_batch(events)

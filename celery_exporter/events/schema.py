@@ -1,8 +1,8 @@
 """The typed events the state applies, one class per event type, and the fast way to them.
 
 Every event reaches the state's handlers as an instance of a class here, whose fields have the
-types and ranges the handlers use. There are two ways to one: :func:`read_envelope` decodes a
-kombu Redis envelope straight into them with msgspec (JSON, base64 and every type and range
+types and ranges the handlers use. There are two ways to one: :func:`read_envelopes` decodes
+kombu Redis envelopes straight into them with msgspec (JSON, base64 and every type and range
 check in C, fields the state does not read skipped without being built), and
 :mod:`celery_exporter.events.decode` checks an event object already parsed (any transport, or a
 message the fast way declined) field by field in Python. The fast way accepts only what the
@@ -18,6 +18,7 @@ datetime (RFC 3339, as Celery writes it); the handlers make it a Unix time when 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, cast
 
@@ -232,10 +233,27 @@ _ENVELOPE = msgspec.json.Decoder(_Envelope)
 _BODY: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[_AnyEvent] | _AnyEvent)
 
 
+def read_envelopes(payloads: Sequence[bytes], events: list[Event]) -> int:
+    """Add the events of Redis envelopes to ``events`` until one must take the checked way.
+
+    Returns how many envelopes were read: ``len(payloads)``, or the index of the first one
+    declined (another shape of envelope, or a field the checked way would correct), whose
+    events are not added. One call for a whole chunk: a Python call less per message.
+    """
+    envelope, body = _ENVELOPE.decode, _BODY.decode
+    for index, data in enumerate(payloads):
+        try:
+            found = body(envelope(data).body)
+        except msgspec.MsgspecError:
+            return index
+        if type(found) is list:
+            events += found
+        else:
+            events.append(found)
+    return len(payloads)
+
+
 def read_envelope(data: bytes) -> list[Event] | None:
     """The events of a Redis envelope as Celery sends it, or None to take the checked way."""
-    try:
-        body = _BODY.decode(_ENVELOPE.decode(data).body)
-    except msgspec.MsgspecError:
-        return None
-    return body if type(body) is list else [body]
+    events: list[Event] = []
+    return events if read_envelopes((data,), events) else None
