@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events.decode import DECODERS, InvalidEvent
-from ..events.schema import Event, WorkerEvent
+from ..events.schema import CLASSES, Event, WorkerEvent
 from ..internal import InternalErrors
 from ..log import get_logger
 from . import queries
@@ -84,7 +84,9 @@ class ClusterState:
             s, self.tasks, self.workers, self.series, worker_queues or WorkerQueues(),
             self._internal_error,
         )  # fmt: skip
-        self.events: dict[str, int] = {}
+        #: Events by type. Every type with a class starts at 0, so that applying a typed event
+        #: adds to its count without a lookup's default; the snapshot leaves out the zeros.
+        self.events: dict[str, int] = dict.fromkeys(CLASSES, 0)
         self.malformed: dict[str, int] = {}
         self.last_event: float | None = None
         #: Each event type's handler; a task's returns the task it touched (None: a repeat).
@@ -145,7 +147,7 @@ class ClusterState:
         self.last_event = now
         for event in events:
             etype = event.type
-            counts[etype] = counts.get(etype, 0) + 1
+            counts[etype] += 1
             try:
                 apply[etype](event, now)
             except Exception:
@@ -215,7 +217,7 @@ class ClusterState:
                     k: (len(r), min(r.values()) if r else 0.0) for k, r in series.running.items()
                 },
                 workers=self.workers.views(now),
-                events=self.events.copy(),
+                events={etype: n for etype, n in self.events.items() if n},
                 tracked_tasks=len(self.tasks),
                 tasks_evicted=self.tasks.evicted,
                 duplicates=self.tasks.duplicates,
