@@ -96,11 +96,11 @@ class TaskHandlers(TaskBook):
 
     def received(self, event: TaskWithEta, now: float) -> Task:
         """A worker took the task off its queue."""
-        host = self._hosts_seen.get(event.hostname, "")
-        worker = self._workers.get(host)
+        worker = self._workers.get(event.hostname)
         if worker is None or not worker.online:
             host, worker = self._worker(event, now)
         else:
+            host = worker.host
             worker.last_seen = now
             worker.offline_since = None
         task = self._inflight.get(event.uuid)
@@ -142,11 +142,11 @@ class TaskHandlers(TaskBook):
 
     def started(self, event: TaskWithEta, now: float) -> Task:
         """A worker started running the task."""
-        host = self._hosts_seen.get(event.hostname, "")
-        worker = self._workers.get(host)
+        worker = self._workers.get(event.hostname)
         if worker is None or not worker.online:
             host, worker = self._worker(event, now)
         else:
+            host = worker.host
             worker.last_seen = now
             worker.offline_since = None
         uuid = event.uuid
@@ -191,11 +191,11 @@ class TaskHandlers(TaskBook):
 
     def succeeded(self, event: TaskEvent, now: float) -> Task | None:
         """The task returned."""
-        host = self._hosts_seen.get(event.hostname, "")
-        worker = self._workers.get(host)
+        worker = self._workers.get(event.hostname)
         if worker is None or not worker.online:
             host, worker = self._worker(event, now)
         else:
+            host = worker.host
             worker.last_seen = now
             worker.offline_since = None
         uuid = event.uuid

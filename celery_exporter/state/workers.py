@@ -13,11 +13,13 @@ class Worker:
     """What heartbeats and task events say about one worker."""
 
     __slots__ = (
-        "active", "busy", "freq", "last_heartbeat", "last_seen", "loadavg", "offline_since",
-        "online", "processed", "reserved", "sw_ident", "sw_sys", "sw_ver",
+        "active", "busy", "freq", "host", "last_heartbeat", "last_seen", "loadavg",
+        "offline_since", "online", "processed", "reserved", "sw_ident", "sw_sys", "sw_ver",
     )  # fmt: skip
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, host: str = "") -> None:
+        #: Its hostname, the label's one string object (see LabelCap).
+        self.host = host
         self.online = True
         self.offline_since: float | None = None
         self.last_seen = now
@@ -74,7 +76,7 @@ class WorkerTable:
         """
         worker = self.workers.get(host)
         if worker is None:
-            worker = self.workers[host] = Worker(now)
+            worker = self.workers[host] = Worker(now, host)
         elif worker.online or revive:
             worker.last_seen = now
             worker.online = True
