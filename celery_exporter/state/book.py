@@ -138,7 +138,7 @@ class TaskBook:
         if task.step:
             self.leave_step(task)
         task.host = host
-        self.tasks.remember(uuid, event.type, task)
+        self.tasks.remember(task.uuid, event.type, task)
         return task
 
     def _finish_untracked(self, event: TaskEvent, host: str) -> Task | None:

@@ -172,7 +172,8 @@ class TaskHandlers(TaskBook):
         running = self._running.get(key)
         if running is None:
             running = self._running[key] = {}
-        running[uuid] = started
+        # The task's own id object, not the event's: the table keeps it while the task runs.
+        running[task.uuid] = started
         ready = task.eta
         if task.sent is not None:
             wait = started - (task.sent if ready is None or ready < task.sent else ready)
@@ -217,7 +218,7 @@ class TaskHandlers(TaskBook):
             elif task.step:
                 self.leave_step(task)
             task.host = host
-            self.tasks.remember(uuid, "task-succeeded", task)
+            self.tasks.remember(task.uuid, "task-succeeded", task)
         key = task.key = (
             (task.name, task.queue, task.host) if self.with_host else (task.name, task.queue)
         )
