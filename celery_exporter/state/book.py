@@ -7,6 +7,8 @@ undoes what a task's current step adds to the gauges when it moves on. The handl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..events.schema import TaskEvent
 from .labels import LabelCap
 from .series import LabelKey, TaskSeries
@@ -14,6 +16,10 @@ from .settings import Settings
 from .tasks import PENDING, RECEIVED, Task, TaskTable
 from .worker_queues import WorkerQueues
 from .workers import Worker, WorkerTable
+
+
+def _ignore(etype: str, where: str) -> None:
+    """The default of ``on_error``: nothing."""
 
 
 class TaskBook:
@@ -26,6 +32,7 @@ class TaskBook:
         workers: WorkerTable,
         series: TaskSeries,
         worker_queues: WorkerQueues,
+        on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.tasks = tasks
@@ -44,8 +51,19 @@ class TaskBook:
         self._hosts_seen = workers.hostnames.seen
         self._names_seen = self.names.seen
         self._queues_seen = self.queues.seen
-        self._counters = series.counters
+        self._counters = counters = series.counters
         self._running = series.running
+        self._received = counters["received"]
+        self._started = counters["started"]
+        self._succeeded = counters["succeeded"]
+        self._runtime, self._runtime_buckets = series.runtime, series.runtime_buckets
+        self._queue_wait, self._wait_buckets = series.queue_wait, series.wait_buckets
+        self._prefetch_wait = series.prefetch_wait
+        #: Whether the task view is on, and its arguments shown.
+        self.view = settings.web_task_api
+        self.view_args = settings.web_show_task_args
+        #: Told (event type, "task_view") when the view's part of an event raises.
+        self.on_error = on_error or _ignore
 
     def _worker(self, event: TaskEvent, now: float) -> tuple[str, Worker]:
         """The event's worker, capped, noted as seen now (see :meth:`WorkerTable.seen`)."""
@@ -190,3 +208,16 @@ class TaskBook:
         worker = self.workers.workers.get(host)
         if worker is not None:
             worker.busy = worker.reserved = 0
+
+    def _late_sent(self, task: Task, sent: float, eta: float | None, queue: str | None) -> None:
+        """Count a task-sent that arrived after its task started; it still tells the queue."""
+        running_key = task.key
+        if queue:
+            task.queue = self.queues(queue)
+        self._count("sent", task, "")
+        task.key = running_key
+        task.sent = sent
+        if task.started is not None:
+            ready = sent if eta is None or eta < sent else eta
+            wait = max(task.started - ready, 0.0)
+            self.series.observe_queue_wait(self._key(task, task.host), wait)

@@ -305,20 +305,7 @@ class ClusterState:
         with self.lock:
             now = self.clock()
             views = self.workers.views(now)
-        return [
-            {
-                "hostname": host,
-                "up": up,
-                "last_heartbeat": w.last_heartbeat,
-                "active": w.active,
-                "reserved": w.reserved,
-                "processed": w.processed,
-                "pool_busy": w.busy,
-                "load": list(w.loadavg) if w.loadavg is not None else None,
-                "sw_ver": w.sw_ver or None,
-            }
-            for host, (up, w) in sorted(views.items())
-        ]
+        return [queries.worker_row(host, up, w) for host, (up, w) in sorted(views.items())]
 
 
 __all__ = ["TASK_COUNTERS", "ClusterState", "Snapshot"]

@@ -16,11 +16,8 @@ from ..events.schema import TaskEvent, TaskWithError, TaskWithEta
 from .book import TaskBook
 from .labels import OVERFLOW
 from .records import MAX_TEXT_LENGTH, call_detail, detail_for_update, run_time
-from .series import TaskSeries, observe
-from .settings import Settings
-from .tasks import PENDING, RECEIVED, STARTED, Task, TaskTable
-from .worker_queues import WorkerQueues
-from .workers import WorkerTable
+from .series import observe
+from .tasks import PENDING, RECEIVED, STARTED, Task
 
 #: Exception classes that mark a task killed by its time limit, and the ``kind`` they count as.
 TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
@@ -28,29 +25,6 @@ TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
 
 class TaskHandlers(TaskBook):
     """The task event handlers: what each event type counts, over :class:`TaskBook`."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        tasks: TaskTable,
-        workers: WorkerTable,
-        series: TaskSeries,
-        worker_queues: WorkerQueues,
-        on_error: Callable[[str, str], None] | None = None,
-    ) -> None:
-        super().__init__(settings, tasks, workers, series, worker_queues)
-        #: Whether the task view is on, and its arguments shown.
-        self.view = settings.web_task_api
-        self.view_args = settings.web_show_task_args
-        #: Told (event type, "task_view") when the view's part of an event raises.
-        self.on_error = on_error or _ignore
-        counters = series.counters
-        self._received = counters["received"]
-        self._started = counters["started"]
-        self._succeeded = counters["succeeded"]
-        self._runtime, self._runtime_buckets = series.runtime, series.runtime_buckets
-        self._queue_wait, self._wait_buckets = series.queue_wait, series.wait_buckets
-        self._prefetch_wait = series.prefetch_wait
 
     def by_type(self) -> dict[str, Callable[[Any, float], Task | None]]:
         """The handler of each task event type: the method named after it (``task-sent``: sent)."""
@@ -290,25 +264,6 @@ class TaskHandlers(TaskBook):
     def progress(self, event: TaskEvent, now: float) -> Task | None:
         """A task's own report of how far it is: counts nothing, only finds the task."""
         return self.tasks.find(event.uuid)
-
-    # -- late task-sent ---------------------------------------------------------------------
-
-    def _late_sent(self, task: Task, sent: float, eta: float | None, queue: str | None) -> None:
-        """Count a task-sent that arrived after its task started; it still tells the queue."""
-        running_key = task.key
-        if queue:
-            task.queue = self.queues(queue)
-        self._count("sent", task, "")
-        task.key = running_key
-        task.sent = sent
-        if task.started is not None:
-            ready = sent if eta is None or eta < sent else eta
-            wait = max(task.started - ready, 0.0)
-            self.series.observe_queue_wait(self._key(task, task.host), wait)
-
-
-def _ignore(etype: str, where: str) -> None:
-    """The default of ``on_error``: nothing."""
 
 
 def _duration(value: float) -> float | None:

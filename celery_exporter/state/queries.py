@@ -16,6 +16,7 @@ from typing import Any
 from .failures import FailureRow
 from .records import detail, events
 from .tasks import Task
+from .workers import Worker
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -121,6 +122,21 @@ def task_detail(task: Task, with_args: bool) -> dict[str, Any]:
         {"type": etype, "timestamp": when, "worker": worker} for etype, when, worker in events(task)
     ]
     return row
+
+
+def worker_row(host: str, up: bool, worker: Worker) -> dict[str, Any]:
+    """The WORKER object of the API: what the events tell about one worker."""
+    return {
+        "hostname": host,
+        "up": up,
+        "last_heartbeat": worker.last_heartbeat,
+        "active": worker.active,
+        "reserved": worker.reserved,
+        "processed": worker.processed,
+        "pool_busy": worker.busy,
+        "load": list(worker.loadavg) if worker.loadavg is not None else None,
+        "sw_ver": worker.sw_ver or None,
+    }
 
 
 def failure_row(row: FailureRow) -> dict[str, Any]:
