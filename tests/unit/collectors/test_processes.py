@@ -118,13 +118,16 @@ def test_pool_replacement_counted_and_cpu_kept(forker: subprocess.Popen[str]) ->
     first = scrape(registry)
     assert value(first, "celery_worker_pool_processes", **labels) == 2
     assert value(first, "celery_worker_pool_process_restarts_total", **labels) == 0
-    victim = psutil.Process(forker.pid).children()[0]
+    children = psutil.Process(forker.pid).children()
+    # Both children, not only the one killed: on a busy machine the other may not yet have had
+    # its share of CPU, and the sum checked below would fall short.
     wait_for(
-        lambda: victim.cpu_times().user + victim.cpu_times().system >= 0.2,
+        lambda: all(c.cpu_times().user + c.cpu_times().system >= 0.2 for c in children),
         10,
         0.05,
-        "the child to use its CPU",
+        "both children to use their CPU",
     )
+    victim = children[0]
     os.kill(victim.pid, signal.SIGKILL)
 
     def replaced() -> bool:
@@ -137,7 +140,8 @@ def test_pool_replacement_counted_and_cpu_kept(forker: subprocess.Popen[str]) ->
 
     wait_for(replaced, 10, 0.05, "the restart to be counted and the child replaced")
     after = scrape(registry)
-    # The two first children used 0.25 s of CPU each (counted in 10 ms ticks); the killed one's is in the reaped time.
+    # The two first children used at least 0.2 s of CPU each (counted in 10 ms ticks); the killed
+    # one's is in the reaped time.
     cpu = value(after, "celery_worker_process_cpu_seconds_total", **pool)
     assert cpu >= value(first, "celery_worker_process_cpu_seconds_total", **pool)
     assert cpu >= 0.4
