@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from .fields import MAX_VALUE_LENGTH, clean, eta_datetime
+from .fields import MAX_VALUE_LENGTH, clean, eta_datetime, label
 from .schema import (
     CLASSES,
     MAX_COUNT,
@@ -55,13 +55,6 @@ Decoded = Event | InvalidEvent
 
 #: The task event types of a task's life, as Celery's workers and producers send them.
 TASK_EVENTS: Final = tuple(TASK_CLASSES)
-
-
-def label(value: Any) -> str:
-    """A label value from any field: short strings pass as they are, the rest is cleaned."""
-    if type(value) is str and 0 < len(value) <= MAX_VALUE_LENGTH:
-        return value
-    return clean(value)
 
 
 def _between(value: Any, low: float, high: float) -> float | None:

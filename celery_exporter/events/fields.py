@@ -26,6 +26,13 @@ def clean(value: Any) -> str:
     return text[:MAX_VALUE_LENGTH] if len(text) > MAX_VALUE_LENGTH else text
 
 
+def label(value: Any) -> str:
+    """A label value from any field: short strings pass as they are, the rest is cleaned."""
+    if type(value) is str and 0 < len(value) <= MAX_VALUE_LENGTH:
+        return value
+    return clean(value)
+
+
 def exception_name(exception: Any, traceback: Any) -> str:
     """Return the exception class name from a task event's ``exception`` and ``traceback``.
 

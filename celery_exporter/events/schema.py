@@ -25,7 +25,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal, cast
 import msgspec
 from msgspec import Meta, Struct
 
-from .fields import MAX_VALUE_LENGTH, UNKNOWN, clean, exception_name
+from .fields import MAX_VALUE_LENGTH, UNKNOWN, exception_name, label
 
 #: Longest task id accepted; a task event with a longer or missing one is invalid.
 MAX_UUID_LENGTH = 200
@@ -104,7 +104,7 @@ class TaskWithError(TaskEvent):
     traceback: str | None = None
 
     def __post_init__(self) -> None:
-        self.exception = _label(exception_name(self.exception_repr, self.traceback))
+        self.exception = label(exception_name(self.exception_repr, self.traceback))
 
 
 class TaskSent(TaskWithEta, tag="task-sent"):
@@ -204,10 +204,6 @@ CLASSES: Final[dict[str, type[Event]]] = {
 }
 for _etype, _cls in CLASSES.items():
     _cls.type = _etype
-
-
-def _label(value: str) -> str:
-    return value if 0 < len(value) <= MAX_VALUE_LENGTH else clean(value)
 
 
 class _Properties(Struct):
