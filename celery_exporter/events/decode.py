@@ -10,7 +10,7 @@ usable ``uuid`` cannot be applied, and decodes to :data:`INVALID` (counted as
 each label may take is the state's business.
 
 This is the checked way, for event objects another decoder has already parsed: the events of
-other transports, and the Redis messages that :func:`~celery_exporter.events.schema.read_envelope`
+other transports, and the Redis messages that :func:`~celery_exporter.events.schema.read_envelopes`
 declined because some field needs correcting. It gives the same event as that fast way
 wherever both accept one.
 """

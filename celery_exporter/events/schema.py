@@ -247,9 +247,3 @@ def read_envelopes(payloads: Sequence[bytes], events: list[Event]) -> int:
         else:
             events.append(found)
     return len(payloads)
-
-
-def read_envelope(data: bytes) -> list[Event] | None:
-    """The events of a Redis envelope as Celery sends it, or None to take the checked way."""
-    events: list[Event] = []
-    return events if read_envelopes((data,), events) else None

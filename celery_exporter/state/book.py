@@ -13,7 +13,7 @@ from ..events.schema import TaskEvent
 from .labels import LabelCap
 from .series import LabelKey, TaskSeries
 from .settings import Settings
-from .tasks import PENDING, RECEIVED, Task, TaskTable
+from .tasks import PENDING, RECEIVED, STARTED, Task, TaskTable
 from .worker_queues import WorkerQueues
 from .workers import Worker, WorkerTable
 
@@ -65,43 +65,25 @@ class TaskBook:
         #: Told (event type, "task_view") when the view's part of an event raises.
         self.on_error = on_error or _ignore
 
-    def _worker(self, event: TaskEvent, now: float) -> tuple[str, Worker]:
-        """The event's worker, capped, noted as seen now (see :meth:`WorkerTable.seen`)."""
-        host = self._hosts_seen.get(event.hostname) or self.workers.hostnames(event.hostname)
-        worker = self._workers.get(host)
+    def _worker(self, event: TaskEvent, now: float) -> Worker:
+        """The event's worker (its ``host`` is the capped name), noted as seen now.
+
+        Every task event finds its worker here. The table is looked up by the event's hostname
+        first, which finds an admitted worker that is up in one step; a new, capped or offline
+        one goes through :meth:`WorkerTable.seen`.
+        """
+        worker = self._workers.get(event.hostname)
         if worker is not None and worker.online:
             worker.last_seen = now
             worker.offline_since = None
-            return host, worker
-        return host, self.workers.seen(host, now)
-
-    def _arrive(self, event: TaskEvent, now: float) -> tuple[Task, Worker]:
-        """Find, or start tracking, the task a worker's received or started event is about."""
-        host, worker = self._worker(event, now)
-        task = self._inflight.get(event.uuid)
-        if task is None:
-            task = self._new_task(event, host)
-        elif task.step:
-            self.leave_step(task)
-        task.host = host
-        return task, worker
+            return worker
+        host = self._hosts_seen.get(event.hostname) or self.workers.hostnames(event.hostname)
+        return self.workers.seen(host, now)
 
     def _new_task(self, event: TaskEvent, host: str) -> Task:
-        """Track a task first seen in a worker's event, under its capped name and its queue.
-
-        :meth:`_queue_for` and :meth:`TaskTable.track`, inline: a third of all events do this.
-        """
+        """Track a task first seen in a worker's event, under its capped name and its queue."""
         name = self._names_seen.get(event.name) or self.names(event.name)
-        queue = event.queue
-        if not queue:
-            queues = self.worker_queues.of(host)
-            queue = queues[0] if queues is not None and len(queues) == 1 else self._default_queue
-        queue = self._queues_seen.get(queue) or self.queues(queue)
-        inflight = self._inflight
-        task = inflight[event.uuid] = Task(event.uuid, name, queue)
-        if len(inflight) > self._limit:
-            self.leave_step(self.tasks.evict())
-        return task
+        return self._track(event.uuid, name, self._queue_for(event, host))
 
     def _queue_for(self, event: TaskEvent, host: str) -> str:
         """The queue an event names (the in-worker exporter's do), else its worker's only one."""
@@ -127,8 +109,10 @@ class TaskBook:
         return key
 
     def _track(self, uuid: str, name: str, queue: str) -> Task:
-        task = self.tasks.track(uuid, name, queue)
-        if len(self._inflight) > self._limit:
+        """Start tracking a task; past ``--max-tracked-tasks`` the oldest in flight makes way."""
+        inflight = self._inflight
+        task = inflight[uuid] = Task(uuid, name, queue)
+        if len(inflight) > self._limit:
             self.leave_step(self.tasks.evict())
         return task
 
@@ -148,12 +132,20 @@ class TaskBook:
 
     def _finish(self, event: TaskEvent, now: float) -> Task | None:
         """Retire a task on a final event; None when this event repeats one already counted."""
-        uuid = event.uuid
-        host = self._worker(event, now)[0]
-        task = self._inflight.pop(uuid, None)
+        worker = self._worker(event, now)
+        host = worker.host
+        task = self._inflight.pop(event.uuid, None)
         if task is None:
             return self._finish_untracked(event, host)
-        if task.step:
+        if task.step == STARTED and task.host is host:
+            # leave_step, inline for the usual case (started and finished on the same worker).
+            if worker.busy > 0:
+                worker.busy -= 1
+            running = self._running.get(task.key)
+            if running is not None:
+                running.pop(task.uuid, None)
+            task.step = PENDING
+        elif task.step:
             self.leave_step(task)
         task.host = host
         self.tasks.remember(task.uuid, event.type, task)
@@ -177,8 +169,7 @@ class TaskBook:
         A retry publishes its new message (and task-sent) before task-retried, so the new
         task-sent or task-received may already be in: what came after the last start is kept.
         """
-        host = self.workers.hostnames(event.hostname)
-        self.workers.seen(host, now)
+        host = self._worker(event, now).host
         task = self.tasks.get(event.uuid)
         if task is None:
             task = self._track(event.uuid, self.names(event.name), self._queue_for(event, host))

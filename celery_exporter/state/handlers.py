@@ -15,9 +15,9 @@ from ..events.fields import unix_time
 from ..events.schema import TaskEvent, TaskWithError, TaskWithEta
 from .book import TaskBook
 from .labels import OVERFLOW
-from .records import MAX_TEXT_LENGTH, call_detail, detail_for_update, run_time
+from .records import call_detail, detail_for_update, lineage, run_time
 from .series import observe
-from .tasks import PENDING, RECEIVED, STARTED, Task
+from .tasks import RECEIVED, STARTED, Task
 
 #: Exception classes that mark a task killed by its time limit, and the ``kind`` they count as.
 TIMEOUT_KINDS = {"SoftTimeLimitExceeded": "soft", "TimeLimitExceeded": "hard"}
@@ -70,13 +70,8 @@ class TaskHandlers(TaskBook):
 
     def received(self, event: TaskWithEta, now: float) -> Task:
         """A worker took the task off its queue."""
-        worker = self._workers.get(event.hostname)
-        if worker is None or not worker.online:
-            host, worker = self._worker(event, now)
-        else:
-            host = worker.host
-            worker.last_seen = now
-            worker.offline_since = None
+        worker = self._worker(event, now)
+        host = worker.host
         task = self._inflight.get(event.uuid)
         if task is None:
             task = self._new_task(event, host)
@@ -98,14 +93,7 @@ class TaskHandlers(TaskBook):
                 task.history = task.history + ("task-received", task.received, host)  # noqa: RUF005
                 if task.finished is None:
                     task.state = "received"
-                # records.lineage, inline.
-                retries = event.retries
-                if retries is not None and retries > task.retries:
-                    task.retries = retries
-                root = event.root_id
-                if root is not None:
-                    uuid = task.uuid
-                    task.root_id = uuid if root == uuid else root[:MAX_TEXT_LENGTH]
+                lineage(task, event)
                 if event.parent_id is not None or self.view_args or task.name is OVERFLOW:
                     call_detail(task, event, self.view_args)
                 if host is OVERFLOW:
@@ -116,13 +104,8 @@ class TaskHandlers(TaskBook):
 
     def started(self, event: TaskWithEta, now: float) -> Task:
         """A worker started running the task."""
-        worker = self._workers.get(event.hostname)
-        if worker is None or not worker.online:
-            host, worker = self._worker(event, now)
-        else:
-            host = worker.host
-            worker.last_seen = now
-            worker.offline_since = None
+        worker = self._worker(event, now)
+        host = worker.host
         uuid = event.uuid
         task = self._inflight.get(uuid)
         if task is None:
@@ -166,33 +149,9 @@ class TaskHandlers(TaskBook):
 
     def succeeded(self, event: TaskEvent, now: float) -> Task | None:
         """The task returned."""
-        worker = self._workers.get(event.hostname)
-        if worker is None or not worker.online:
-            host, worker = self._worker(event, now)
-        else:
-            host = worker.host
-            worker.last_seen = now
-            worker.offline_since = None
-        uuid = event.uuid
-        task = self._inflight.pop(uuid, None)
+        task = self._finish(event, now)
         if task is None:
-            found = self._finish_untracked(event, host)
-            if found is None:
-                return None
-            task = found
-        else:
-            if task.step == STARTED and task.host is host:
-                # leave_step, for the usual case: started and finished on the same worker.
-                if worker.busy > 0:
-                    worker.busy -= 1
-                running = self._running.get(task.key)
-                if running is not None:
-                    running.pop(uuid, None)
-                task.step = PENDING
-            elif task.step:
-                self.leave_step(task)
-            task.host = host
-            self.tasks.remember(task.uuid, "task-succeeded", task)
+            return None
         key = task.key = (
             (task.name, task.queue, task.host) if self.with_host else (task.name, task.queue)
         )

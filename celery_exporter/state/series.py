@@ -84,7 +84,8 @@ class TaskSeries:
         self.queue_wait: dict[LabelKey, Histogram] = {}
         self.prefetch_wait: dict[LabelKey, Histogram] = {}
         self.failure_windows: dict[LabelKey, FailureWindow] = {}
-        #: Tasks started and not finished: label key to task id to start time.
+        #: Tasks started and not finished: label key to task id to start time (added by the
+        #: task-started handler, taken off by :meth:`stop` or the final event's handler).
         self.running: dict[LabelKey, dict[str, float]] = {}
 
     def count_timeout(self, key: LabelKey) -> None:
@@ -105,17 +106,6 @@ class TaskSeries:
     def observe_queue_wait(self, key: LabelKey, value: float) -> None:
         """Observe a wait from task-sent (or the ETA) to the start."""
         observe(self.queue_wait, key, value, self.wait_buckets)
-
-    def observe_prefetch_wait(self, key: LabelKey, value: float) -> None:
-        """Observe a wait from task-received (or the ETA) to the start."""
-        observe(self.prefetch_wait, key, value, self.wait_buckets)
-
-    def start(self, key: LabelKey, uuid: str, started: float) -> None:
-        """Note a running task for ``celery_tasks_active``."""
-        running = self.running.get(key)
-        if running is None:
-            running = self.running[key] = {}
-        running[uuid] = started
 
     def stop(self, key: LabelKey, uuid: str) -> None:
         """Take a task off ``celery_tasks_active``."""

@@ -72,13 +72,12 @@ class TaskTable:
         """The in-flight task with this id."""
         return self.tasks.get(uuid)
 
-    def track(self, uuid: str, name: str, queue: str) -> Task:
-        """Start tracking a task (then :meth:`evict` when there are more than ``limit``)."""
-        task = self.tasks[uuid] = Task(uuid, name, queue)
-        return task
-
     def evict(self) -> Task:
-        """Stop tracking the oldest task in flight, to make room; return it."""
+        """Stop tracking the oldest task in flight, to make room for a new one; return it.
+
+        The state's handlers add tasks to :attr:`tasks` themselves and call this when it holds
+        more than ``limit``.
+        """
         self.evicted += 1
         tasks = self.tasks
         return tasks.pop(next(iter(tasks)))
