@@ -112,7 +112,7 @@ def _task(cls: type[TaskEvent], event: Raw) -> Decoded:
         "args": _text(get("args")),
         "kwargs": _text(get("kwargs")),
     }
-    # The ETA's time and the exception's class are worked out by the class itself.
+    # The exception's class is worked out by the class itself (its __post_init__).
     if issubclass(cls, TaskWithEta):
         fields["eta"] = eta_datetime(get("eta"))
         if cls is TaskSent:

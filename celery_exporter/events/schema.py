@@ -11,9 +11,10 @@ long label, an unknown event type, another envelope shape) makes it decline, and
 takes the checked way, which corrects or rejects each field and counts what it rejects. So
 both give the same events, and the tests hold them to it.
 
-One field is computed after decoding, by ``__post_init__``: a failure's ``exception``, the
-exception's class name from its repr (``exception_repr``) or traceback. An ETA is read as a
-datetime (RFC 3339, as Celery writes it); the handlers make it a Unix time when there is one.
+Two fields are completed after decoding, by ``__post_init__``: a failure's ``exception``, the
+exception's class name from its repr (``exception_repr``) or traceback, and task-sent's
+``queue``, from ``routing_key`` when the event names no queue. An ETA is read as a datetime
+(RFC 3339, as Celery writes it); the handlers make it a Unix time when there is one.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ Load = Annotated[float, Meta(gt=-MAX_LOAD, lt=MAX_LOAD)]
 Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
 Freq = Annotated[float, Meta(gt=0, lt=MAX_FREQ)]
 
-# The fields computed after decoding are renamed to keys no event is expected to carry; one that
-# does has them overwritten.
+# The exception's repr is the event's ``exception``; the class name computed from it is renamed
+# to a key no event is expected to carry (one that does has it overwritten).
 _RENAMED = {"exception_repr": "exception", "exception": "~exception"}
 
 
