@@ -99,8 +99,10 @@ class WorkerExporter:
         event["timestamp"] = self.clock()  # the hostname is the main process's to add
         if self.role == "pool" and self.outbox is not None:
             self.outbox.send(event)
-        else:
-            self.apply(event)
+            return
+        if self.inbox is not None:
+            self.inbox.drain()  # what the pool processes sent before this comes first
+        self.apply(event)
 
     def internal_error(self) -> None:
         """Count a signal that could not be turned into an event (in the main process)."""

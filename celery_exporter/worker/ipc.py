@@ -8,6 +8,7 @@ to the pair, and there is no file to clean up.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -32,6 +33,9 @@ class Inbox:
         self.apply = apply
         self.sock, self.send_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.malformed = 0
+        #: Held while datagrams are taken off the socket and applied, so that what the main
+        #: process applies itself after :meth:`drain` comes after everything already sent.
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Receive on a daemon thread."""
@@ -41,19 +45,38 @@ class Inbox:
     def _run(self) -> None:
         while True:
             try:
-                data = self.sock.recv(_MAX_DATAGRAM)
-            except OSError:
+                select.select([self.sock], [], [])
+                if not self.drain():
+                    return  # shut down
+            except (OSError, ValueError):
                 return  # closed
-            if not data:
-                return  # shut down
-            try:
-                event = orjson.loads(data)
-                if not isinstance(event, dict):
-                    raise TypeError("not an object")
-            except (orjson.JSONDecodeError, TypeError):
-                self.malformed += 1
-                continue
-            self.apply(event)
+
+    def drain(self) -> bool:
+        """Apply every datagram waiting on the socket, now; False once the socket is shut down.
+
+        The main process calls this before applying an event of its own: a pool process's
+        ``task-started`` is sent before the task's result goes back to the main process, so it
+        is on the socket by the time the main process reports the task's end (Celery reports
+        a rejected task's failure from the main process).
+        """
+        with self._lock:
+            while True:
+                try:
+                    data = self.sock.recv(_MAX_DATAGRAM, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return True
+                except OSError:
+                    return False  # closed
+                if not data:
+                    return False
+                try:
+                    event = orjson.loads(data)
+                    if not isinstance(event, dict):
+                        raise TypeError("not an object")
+                except (orjson.JSONDecodeError, TypeError):
+                    self.malformed += 1
+                    continue
+                self.apply(event)
 
     def outbox(self) -> Outbox:
         """In a forked pool process: drop the receiving end, send from the other."""
